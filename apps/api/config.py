@@ -1,0 +1,95 @@
+"""Service settings, read from the environment and an optional ``.env`` file.
+
+Variable names are the card's: ``JWT_SECRET_KEY``, ``JWT_ALGORITHM``, ``CORS_ORIGINS``,
+``REDIS_URL``, ... (case-insensitive). Nothing here does I/O beyond reading ``.env``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: The secret the card shows. Accepted in development only.
+DEFAULT_JWT_SECRET = "your-secret-key"
+#: Shortest HMAC secret accepted in production (RFC 7518 3.2: at least the hash size).
+MIN_PRODUCTION_SECRET_BYTES = 32
+HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+    host: str = "0.0.0.0"
+    port: int = Field(default=8000, ge=0, le=65535)
+
+    # JWT
+    jwt_secret_key: SecretStr = SecretStr(DEFAULT_JWT_SECRET)
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway_seconds: int = Field(default=10, ge=0, le=300)
+    jwt_admin_role: str = "admin"
+
+    # CORS: a comma-separated list (``https://a.example,https://b.example``), a JSON list, or ``*``.
+    cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:3000"]
+
+    # Redis: unset means a single instance with no Redis at all.
+    redis_url: str | None = None
+
+    # Socket.IO
+    max_payload_bytes: int = Field(default=1_000_000, ge=1024)
+    ping_interval_seconds: float = Field(default=25, gt=0)
+    ping_timeout_seconds: float = Field(default=20, gt=0)
+    max_rooms_per_connection: int = Field(default=100, ge=2)
+    disconnect_on_token_expiry: bool = True
+
+    # Logging: LOG_FILE="" turns the file off (containers log to stderr only).
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_file: str | None = "logs/app.log"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("redis_url", "log_file", "jwt_issuer", "jwt_audience", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _refuse_weak_secret_in_production(self) -> Settings:
+        if self.environment != "production":
+            return self
+        secret = self.jwt_secret_key.get_secret_value()
+        if secret == DEFAULT_JWT_SECRET:
+            raise ValueError(
+                "JWT_SECRET_KEY is the default 'your-secret-key'; refusing to start with "
+                "ENVIRONMENT=production. Set JWT_SECRET_KEY to a random secret "
+                f"of at least {MIN_PRODUCTION_SECRET_BYTES} bytes."
+            )
+        if len(secret.encode()) < MIN_PRODUCTION_SECRET_BYTES:
+            raise ValueError(
+                f"JWT_SECRET_KEY is shorter than {MIN_PRODUCTION_SECRET_BYTES} bytes; refusing to "
+                "start with ENVIRONMENT=production."
+            )
+        if "*" in self.cors_origins:
+            raise ValueError("CORS_ORIGINS='*' is refused with ENVIRONMENT=production; list the origins.")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()

@@ -1,0 +1,53 @@
+"""Fixtures shared by every test: a real server on a free port, clients, tokens."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from uuid import UUID, uuid4
+
+import httpx
+import pytest
+
+from apps.api.app import create_app
+from apps.api.tests.support import RunningServer, WsClient, make_token, serve_in_process, test_settings
+
+
+@pytest.fixture(scope="session")
+async def server() -> AsyncIterator[RunningServer]:
+    """The service, started once for the session under a real uvicorn on 127.0.0.1."""
+    async with serve_in_process(create_app(test_settings())) as running:
+        yield running
+
+
+@pytest.fixture
+async def http(server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        yield client
+
+
+ClientFactory = Callable[..., Awaitable[WsClient]]
+
+
+@pytest.fixture
+async def connect(server: RunningServer) -> AsyncIterator[ClientFactory]:
+    """``await connect(token)`` gives a connected :class:`WsClient`; all are closed afterwards."""
+    clients: list[WsClient] = []
+
+    async def factory(token: str | None = None, **kwargs: object) -> WsClient:
+        client = WsClient(server.url)
+        clients.append(client)
+        return await client.connect(token, **kwargs)  # type: ignore[arg-type]
+
+    yield factory
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+def user_id() -> UUID:
+    return uuid4()
+
+
+@pytest.fixture
+def token(user_id: UUID) -> str:
+    return make_token(user_id)

@@ -1,0 +1,373 @@
+"""The process's event broadcaster: one typed ``broadcast_<event>`` method per event type.
+
+Routes, webhooks and workers publish only through :func:`get_broadcaster`. Each method validates
+its arguments against the event's Pydantic model (raising :class:`EventValidationError`, and
+sending nothing, when they are wrong), wraps them in the envelope ``{id, type, timestamp, source,
+data}`` and sends it to the event's rooms (see :mod:`apps.api.events.routing`). It returns the
+:class:`~apps.api.websocket.models.Event` it sent.
+
+The card imports this module as ``events.broadcaster`` from ``apps/api``; that name is an alias
+of this module (see ``apps/api/events/__init__.py``), so a process has exactly one broadcaster.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from pydantic import ValidationError
+
+from apps.api.events.emitter import Emitter
+from apps.api.events.routing import FALLBACK_ROOMS, rooms_for
+from apps.api.events.workflow_routes import WorkflowRoutes
+from apps.api.websocket.models import PAYLOADS, Event, EventType, Payload, WorkflowData
+
+logger = logging.getLogger(__name__)
+
+#: ``source`` of each event family unless the caller names one.
+DEFAULT_SOURCES = {
+    "project": "project_service",
+    "agent": "agent_service",
+    "workflow": "workflow_service",
+    "pr": "github_service",
+    "issue": "github_service",
+    "ai": "ai_service",
+}
+
+
+class EventValidationError(ValueError):
+    """A ``broadcast_*`` call's arguments do not fit the event's model; nothing was sent."""
+
+    def __init__(self, event_type: EventType, error: ValidationError) -> None:
+        self.event_type = event_type
+        self.errors = error.errors(include_url=False, include_input=False)
+        details = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(data)'}: {e['msg']}" for e in self.errors)
+        super().__init__(f"invalid {event_type.value} event: {details}")
+
+
+class BroadcasterNotConfigured(RuntimeError):
+    """The process has no Socket.IO server attached and no Redis to publish through."""
+
+
+class Broadcaster:
+    def __init__(self, emitter: Emitter | None = None, workflow_routes: WorkflowRoutes | None = None) -> None:
+        self._emitter = emitter
+        self._workflows = workflow_routes or WorkflowRoutes()
+
+    def attach(self, emitter: Emitter | None) -> None:
+        """Send through ``emitter`` from now on (the app does this at startup)."""
+        self._emitter = emitter
+
+    @property
+    def attached(self) -> bool:
+        return self._emitter is not None
+
+    async def publish(self, event: Event, rooms: list[str]) -> Event:
+        """Send an already-built event to ``rooms``. The typed methods below call this."""
+        if self._emitter is None:
+            raise BroadcasterNotConfigured(
+                "get_broadcaster() has nowhere to send: this process runs no Socket.IO server. "
+                "Run it inside the service, or set REDIS_URL so it publishes through Redis."
+            )
+        await self._emitter.emit(event.type.value, event.wire(), rooms=rooms)
+        logger.debug("sent %s %s to %s", event.type.value, event.id, rooms)
+        return event
+
+    async def _send(self, event_type: EventType, arguments: Mapping[str, Any]) -> Event:
+        fields = {k: v for k, v in arguments.items() if k not in ("self", "source") and v is not None}
+        source = arguments.get("source") or DEFAULT_SOURCES[event_type.value.split(".")[0]]
+        try:
+            data = PAYLOADS[event_type].model_validate(fields)
+            event = Event(type=event_type, source=source, data=data)
+        except ValidationError as exc:
+            raise EventValidationError(event_type, exc) from None
+        return await self.publish(event, await self._rooms(data))
+
+    async def _rooms(self, data: Payload) -> list[str]:
+        rooms = rooms_for(data)
+        if isinstance(data, WorkflowData):
+            if rooms:
+                await self._workflows.remember(data.workflow_id, rooms)
+            else:
+                rooms = await self._workflows.lookup(data.workflow_id)
+        return rooms or list(FALLBACK_ROOMS)
+
+    # --- project -------------------------------------------------------------------------
+
+    async def broadcast_project_updated(
+        self,
+        *,
+        project_id: UUID,
+        project_name: str,
+        status: str,
+        updated_by: UUID,
+        repository_url: str | None = None,
+        changes: Mapping[str, Any] | None = None,
+        source: str | None = None,
+    ) -> Event:
+        """``project.updated`` to ``project:<project_id>`` and ``user:<updated_by>``."""
+        return await self._send(EventType.PROJECT_UPDATED, locals())
+
+    async def broadcast_project_deleted(
+        self, *, project_id: UUID, deleted_by: UUID, project_name: str | None = None, source: str | None = None
+    ) -> Event:
+        """``project.deleted`` to ``project:<project_id>`` and ``user:<deleted_by>``."""
+        return await self._send(EventType.PROJECT_DELETED, locals())
+
+    # --- agent ---------------------------------------------------------------------------
+
+    async def broadcast_agent_status_changed(
+        self,
+        *,
+        agent_id: UUID,
+        agent_name: str,
+        status: str,
+        availability: float,
+        previous_status: str | None = None,
+        current_task: str | None = None,
+        source: str | None = None,
+    ) -> Event:
+        """``agent.status_changed`` to ``agent:<agent_id>``."""
+        return await self._send(EventType.AGENT_STATUS_CHANGED, locals())
+
+    async def broadcast_agent_connected(
+        self,
+        *,
+        agent_id: UUID,
+        agent_name: str,
+        capabilities: list[str] | None = None,
+        version: str | None = None,
+        source: str | None = None,
+    ) -> Event:
+        """``agent.connected`` to ``agent:<agent_id>``."""
+        return await self._send(EventType.AGENT_CONNECTED, locals())
+
+    async def broadcast_agent_disconnected(
+        self, *, agent_id: UUID, agent_name: str, reason: str | None = None, source: str | None = None
+    ) -> Event:
+        """``agent.disconnected`` to ``agent:<agent_id>``."""
+        return await self._send(EventType.AGENT_DISCONNECTED, locals())
+
+    # --- workflow ------------------------------------------------------------------------
+    # ``project_id``/``user_id`` route the event; a call without both goes where the
+    # workflow's earlier events went, or to admins if none is known.
+
+    async def broadcast_workflow_started(
+        self,
+        *,
+        workflow_id: UUID,
+        project_id: UUID | None = None,
+        user_id: UUID | None = None,
+        workflow_name: str | None = None,
+        status: str | None = None,
+        total_steps: int | None = None,
+        source: str | None = None,
+    ) -> Event:
+        """``workflow.started``; records the workflow's rooms for its later events."""
+        return await self._send(EventType.WORKFLOW_STARTED, locals())
+
+    async def broadcast_workflow_progress(
+        self,
+        *,
+        workflow_id: UUID,
+        status: str,
+        progress: float,
+        current_step: str,
+        total_steps: int,
+        current_step_number: int | None = None,
+        estimated_time_remaining: float | None = None,
+        logs: list[str] | None = None,
+        errors: list[str] | None = None,
+        project_id: UUID | None = None,
+        user_id: UUID | None = None,
+        source: str | None = None,
+    ) -> Event:
+        """``workflow.progress``; ``progress`` is 0 to 100."""
+        return await self._send(EventType.WORKFLOW_PROGRESS, locals())
+
+    async def broadcast_workflow_completed(
+        self,
+        *,
+        workflow_id: UUID,
+        duration_seconds: float | None = None,
+        result: Mapping[str, Any] | None = None,
+        project_id: UUID | None = None,
+        user_id: UUID | None = None,
+        source: str | None = None,
+    ) -> Event:
+        """``workflow.completed``."""
+        return await self._send(EventType.WORKFLOW_COMPLETED, locals())
+
+    async def broadcast_workflow_failed(
+        self,
+        *,
+        workflow_id: UUID,
+        error: str,
+        status: str | None = None,
+        failed_step: str | None = None,
+        errors: list[str] | None = None,
+        project_id: UUID | None = None,
+        user_id: UUID | None = None,
+        source: str | None = None,
+    ) -> Event:
+        """``workflow.failed`` (``status`` ``failed`` or ``cancelled``)."""
+        return await self._send(EventType.WORKFLOW_FAILED, locals())
+
+    # --- pull requests -------------------------------------------------------------------
+
+    async def broadcast_pr_created(
+        self,
+        *,
+        pr_id: str | int | UUID,
+        project_id: UUID,
+        title: str,
+        author: str,
+        branch: str,
+        github_url: str,
+        created_at: datetime,
+        description: str | None = None,
+        status: str | None = None,
+        pr_number: int | None = None,
+        source: str | None = None,
+    ) -> Event:
+        """``pr.created`` to ``project:<project_id>``."""
+        return await self._send(EventType.PR_CREATED, locals())
+
+    async def broadcast_pr_updated(
+        self,
+        *,
+        pr_id: str | int | UUID,
+        project_id: UUID,
+        title: str,
+        author: str,
+        branch: str,
+        github_url: str,
+        created_at: datetime,
+        description: str | None = None,
+        status: str | None = None,
+        pr_number: int | None = None,
+        changes: Mapping[str, Any] | None = None,
+        source: str | None = None,
+    ) -> Event:
+        """``pr.updated`` to ``project:<project_id>``."""
+        return await self._send(EventType.PR_UPDATED, locals())
+
+    async def broadcast_pr_closed(
+        self,
+        *,
+        pr_id: str | int | UUID,
+        project_id: UUID,
+        title: str,
+        author: str,
+        branch: str,
+        github_url: str,
+        created_at: datetime,
+        status: str | None = None,
+        closed_at: datetime | None = None,
+        description: str | None = None,
+        pr_number: int | None = None,
+        source: str | None = None,
+    ) -> Event:
+        """``pr.closed`` (``status`` ``closed`` or ``merged``) to ``project:<project_id>``."""
+        return await self._send(EventType.PR_CLOSED, locals())
+
+    # --- issues --------------------------------------------------------------------------
+
+    async def broadcast_issue_created(
+        self,
+        *,
+        issue_id: str | int | UUID,
+        project_id: UUID,
+        title: str,
+        description: str | None = None,
+        status: str | None = None,
+        priority: str | None = None,
+        assigned_to: UUID | None = None,
+        created_by: UUID | None = None,
+        source: str | None = None,
+    ) -> Event:
+        """``issue.created`` to ``project:<project_id>``."""
+        return await self._send(EventType.ISSUE_CREATED, locals())
+
+    async def broadcast_issue_updated(
+        self,
+        *,
+        issue_id: str | int | UUID,
+        project_id: UUID,
+        title: str,
+        description: str | None = None,
+        status: str | None = None,
+        priority: str | None = None,
+        assigned_to: UUID | None = None,
+        created_by: UUID | None = None,
+        changes: Mapping[str, Any] | None = None,
+        source: str | None = None,
+    ) -> Event:
+        """``issue.updated`` to ``project:<project_id>``."""
+        return await self._send(EventType.ISSUE_UPDATED, locals())
+
+    async def broadcast_issue_closed(
+        self,
+        *,
+        issue_id: str | int | UUID,
+        project_id: UUID,
+        title: str,
+        description: str | None = None,
+        priority: str | None = None,
+        assigned_to: UUID | None = None,
+        created_by: UUID | None = None,
+        closed_by: UUID | None = None,
+        source: str | None = None,
+    ) -> Event:
+        """``issue.closed`` to ``project:<project_id>``."""
+        return await self._send(EventType.ISSUE_CLOSED, locals())
+
+    # --- AI ------------------------------------------------------------------------------
+
+    async def broadcast_ai_suggestion(
+        self,
+        *,
+        suggestion_id: UUID,
+        target_type: str,
+        target_id: str | int | UUID,
+        category: str,
+        title: str,
+        description: str,
+        severity: str,
+        confidence: float,
+        project_id: UUID | None = None,
+        user_id: UUID | None = None,
+        suggested_action: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        source: str | None = None,
+    ) -> Event:
+        """``ai.suggestion``; ``confidence`` is 0 to 1."""
+        return await self._send(EventType.AI_SUGGESTION, locals())
+
+    async def broadcast_ai_analysis_complete(
+        self,
+        *,
+        analysis_id: UUID,
+        target_type: str,
+        target_id: str | int | UUID,
+        summary: str,
+        suggestions_count: int | None = None,
+        duration_seconds: float | None = None,
+        project_id: UUID | None = None,
+        user_id: UUID | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        source: str | None = None,
+    ) -> Event:
+        """``ai.analysis_complete``."""
+        return await self._send(EventType.AI_ANALYSIS_COMPLETE, locals())
+
+
+_broadcaster = Broadcaster()
+
+
+def get_broadcaster() -> Broadcaster:
+    """The process's one broadcaster."""
+    return _broadcaster

@@ -1,0 +1,226 @@
+"""Test helpers: tokens, a real in-process uvicorn server, server subprocesses, and a Socket.IO
+client that records what it receives. Every wait is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import jwt
+import socketio
+import uvicorn
+
+from apps.api.config import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+TEST_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+NAMESPACE = "/ws"
+TIMEOUT = 5.0
+
+
+def make_token(
+    user_id: UUID | str | None = None,
+    *,
+    roles: Sequence[str] = (),
+    ttl: float = 3600,
+    secret: str = TEST_SECRET,
+    algorithm: str = "HS256",
+    **claims: Any,
+) -> str:
+    payload: dict[str, Any] = {"sub": str(user_id or uuid4()), "exp": int(time.time() + ttl), "iat": int(time.time())}
+    if roles:
+        payload["roles"] = list(roles)
+    payload.update(claims)
+    payload = {k: v for k, v in payload.items() if v is not None}
+    return jwt.encode(payload, secret, algorithm=algorithm)
+
+
+def test_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "environment": "test",
+        "jwt_secret_key": TEST_SECRET,
+        "jwt_leeway_seconds": 0,
+        "log_file": None,
+        "log_level": "INFO",
+        "redis_url": None,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@dataclass
+class RunningServer:
+    url: str
+    port: int
+    app: Any
+
+    @property
+    def ws_url(self) -> str:
+        return f"{self.url}{NAMESPACE}"
+
+
+def bound_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def serve_in_process(app: Any) -> AsyncIterator[RunningServer]:
+    """Run ``app`` under a real uvicorn on a free port in this event loop. The socket is bound and
+    listening before the server starts, so clients can connect at once."""
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, lifespan="on", log_config=None, timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield RunningServer(url=f"http://127.0.0.1:{port}", port=port, app=app)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()
+
+
+def free_port() -> int:
+    with contextlib.closing(bound_socket()) as sock:
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    process: asyncio.subprocess.Process
+    url: str
+    output: list[str]
+
+    async def stop(self) -> None:
+        if self.process.returncode is None:
+            self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), 10)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+
+
+async def start_server_process(
+    args: Sequence[str], *, env: dict[str, str], cwd: Path = REPO_ROOT, ready: str = "Uvicorn running on"
+) -> ServerProcess:
+    """Start the service as a child process and wait (bounded) until its log says it listens."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+    process = await asyncio.create_subprocess_exec(
+        *args, cwd=cwd, env=full_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    output: list[str] = []
+
+    async def wait_ready() -> None:
+        assert process.stdout is not None
+        while line := await process.stdout.readline():
+            output.append(line.decode(errors="replace"))
+            if ready in output[-1]:
+                return
+        raise AssertionError("server exited before it was ready:\n" + "".join(output))
+
+    try:
+        await asyncio.wait_for(wait_ready(), 20)
+    except BaseException:
+        proc = ServerProcess(process, "", output)
+        await proc.stop()
+        raise
+    port = env.get("PORT", "8000")
+    return ServerProcess(process, f"http://127.0.0.1:{port}", output)
+
+
+def python_cmd(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+class ConnectRefused(Exception):
+    def __init__(self, data: Any) -> None:
+        self.data = data
+        super().__init__(repr(data))
+
+
+class WsClient:
+    """A python-socketio ``AsyncClient`` on namespace ``/ws`` that queues every event it receives."""
+
+    def __init__(self, server_url: str) -> None:
+        self.server_url = server_url
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.events: dict[str, asyncio.Queue[Any]] = defaultdict(asyncio.Queue)
+        self.connect_error: Any = None
+        self.disconnected = asyncio.Event()
+        self.sio.on("*", self._record, namespace=NAMESPACE)
+        self.sio.on("connect_error", self._on_connect_error, namespace=NAMESPACE)
+        self.sio.on("disconnect", self._on_disconnect, namespace=NAMESPACE)
+
+    async def _record(self, event: str, *args: Any) -> None:
+        self.events[event].put_nowait(args[0] if len(args) == 1 else args)
+
+    async def _on_connect_error(self, data: Any = None) -> None:
+        self.connect_error = data
+
+    async def _on_disconnect(self, reason: Any = None) -> None:
+        self.disconnected.set()
+
+    async def connect(
+        self,
+        token: str | None = None,
+        *,
+        transports: Sequence[str] = ("websocket",),
+        headers: dict[str, str] | None = None,
+        query: str = "",
+        auth: Any = None,
+    ) -> WsClient:
+        if auth is None and token is not None:
+            auth = {"token": token}
+        url = self.server_url + (f"?{query}" if query else "")
+        try:
+            await self.sio.connect(
+                url,
+                namespaces=[NAMESPACE],
+                auth=auth,
+                headers=headers or {},
+                transports=list(transports),
+                wait_timeout=TIMEOUT,
+            )
+        except socketio.exceptions.ConnectionError as exc:
+            raise ConnectRefused(self.connect_error) from exc
+        return self
+
+    async def expect(self, event: str, timeout: float = TIMEOUT) -> Any:
+        return await asyncio.wait_for(self.events[event].get(), timeout)
+
+    def received(self, event: str) -> list[Any]:
+        """What is queued for ``event`` now, without waiting."""
+        queue = self.events[event]
+        items = []
+        while not queue.empty():
+            items.append(queue.get_nowait())
+        return items
+
+    async def call(self, event: str, data: Any = None, timeout: float = TIMEOUT) -> Any:
+        return await self.sio.call(event, data, namespace=NAMESPACE, timeout=timeout)
+
+    async def emit(self, event: str, data: Any = None) -> None:
+        await self.sio.emit(event, data, namespace=NAMESPACE)
+
+    @property
+    def sid(self) -> str | None:
+        return self.sio.get_sid(NAMESPACE)
+
+    async def close(self) -> None:
+        if self.sio.connected:
+            await self.sio.disconnect()

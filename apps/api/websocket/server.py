@@ -1,0 +1,76 @@
+"""The only module that builds Socket.IO objects: the server, the broadcaster's emitter, and the
+ASGI app that serves Socket.IO beside the HTTP API.
+
+Clients connect with ``io("http://host:8000/ws")``: namespace ``/ws`` on the default Engine.IO
+path ``/socket.io/``. Two aliases reach the same server: the path ``/ws/socket.io/`` (for clients
+configured with ``path: "/ws/socket.io"``), and a plain WebSocket to ``/ws`` (``websocat
+ws://localhost:8000/ws``), which speaks raw Engine.IO v4.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import socketio
+
+from apps.api.config import Settings
+from apps.api.websocket.protocol import NAMESPACE, SOCKETIO_PATH
+
+ASGIApp = Any  # an ASGI callable
+
+
+def create_server(settings: Settings) -> socketio.AsyncServer:
+    origins: str | list[str] = "*" if settings.cors_origins == ["*"] else settings.cors_origins
+    return socketio.AsyncServer(
+        async_mode="asgi",
+        namespaces="*",  # every namespace reaches a handler; all but /ws are refused with a reason
+        cors_allowed_origins=origins,
+        cors_credentials=True,
+        max_http_buffer_size=settings.max_payload_bytes,
+        ping_interval=settings.ping_interval_seconds,
+        ping_timeout=settings.ping_timeout_seconds,
+        logger=False,
+        engineio_logger=False,
+    )
+
+
+class SocketIOEmitter:
+    """The broadcaster's emitter for a process that serves clients."""
+
+    def __init__(self, sio: socketio.AsyncServer) -> None:
+        self._sio = sio
+
+    async def emit(self, event: str, data: dict[str, Any], *, rooms: list[str]) -> None:
+        await self._sio.emit(event, data, to=rooms, namespace=NAMESPACE)
+
+
+class PathAliases:
+    """ASGI middleware mapping the alias paths onto ``/socket.io/``."""
+
+    _ALIAS_PREFIX = f"{NAMESPACE}/{SOCKETIO_PATH}"
+    _RAW_WEBSOCKET_PATHS = (NAMESPACE, f"{NAMESPACE}/")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            path: str = scope["path"]
+            if path.startswith(self._ALIAS_PREFIX):
+                scope = self._with_path(scope, path[len(NAMESPACE) :])
+            elif scope["type"] == "websocket" and path in self._RAW_WEBSOCKET_PATHS:
+                scope = self._with_path(scope, f"/{SOCKETIO_PATH}/")
+                query = scope.get("query_string", b"")
+                if b"EIO=" not in query:
+                    query = b"EIO=4&transport=websocket" + (b"&" + query if query else b"")
+                scope["query_string"] = query
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _with_path(scope: dict[str, Any], path: str) -> dict[str, Any]:
+        return {**scope, "path": path, "raw_path": path.encode()}
+
+
+def create_asgi_app(sio: socketio.AsyncServer, http_app: ASGIApp) -> ASGIApp:
+    """Socket.IO at ``/socket.io/`` (and its aliases); everything else goes to ``http_app``."""
+    return PathAliases(socketio.ASGIApp(sio, other_asgi_app=http_app, socketio_path=SOCKETIO_PATH))
