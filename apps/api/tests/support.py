@@ -16,14 +16,16 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
+import httpx
 import jwt
 import socketio
 import uvicorn
 
 from apps.api.config import Settings
+from apps.api.events.broadcaster import get_broadcaster
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-TEST_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+TEST_SECRET = "test-secret-" + "0123456789abcdef" * 4
 NAMESPACE = "/ws"
 TIMEOUT = 5.0
 
@@ -222,5 +224,32 @@ class WsClient:
         return self.sio.get_sid(NAMESPACE)
 
     async def close(self) -> None:
-        if self.sio.connected:
+        if not self.sio.connected:
+            return
+        if self.sio.transport() == "polling":
+            # python-engineio's server leaves a pending long-poll GET open after the client's
+            # CLOSE packet (until ping_interval + ping_timeout); don't wait for it.
+            await self.sio.eio.disconnect(abort=True)
+        else:
             await self.sio.disconnect()
+
+
+async def create_project(http: httpx.AsyncClient, token: str, name: str = "AI Agent Framework") -> str:
+    response = await http.post(
+        "/api/v1/projects",
+        json={"name": name, "repository_url": "https://github.com/user/ai-agent-framework"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+async def marker(*clients: WsClient) -> None:
+    """Send one agent event every given client is subscribed to, and wait until each has it."""
+    agent = uuid4()
+    for client in clients:
+        assert (await client.call("subscribe", {"room": f"agent:{agent}"}))["status"] == "success"
+    await get_broadcaster().broadcast_agent_connected(agent_id=agent, agent_name="marker")
+    for client in clients:
+        event = await client.expect("agent.connected")
+        assert event["data"]["agent_id"] == str(agent)

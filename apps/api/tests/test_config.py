@@ -1,0 +1,63 @@
+"""Settings: environment variables as the card names them; production refuses weak secrets."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from apps.api.config import Settings
+
+
+def settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
+    for name in ("JWT_SECRET_KEY", "ENVIRONMENT", "CORS_ORIGINS", "REDIS_URL", "LOG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_card_defaults(monkeypatch):
+    s = settings(monkeypatch)
+    assert s.cors_origins == ["http://localhost:3000"]
+    assert s.jwt_algorithm == "HS256"
+    assert s.jwt_secret_key.get_secret_value() == "your-secret-key"
+    assert s.redis_url is None
+    assert s.port == 8000
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("https://app.example.com", ["https://app.example.com"]),
+        ("https://a.example, https://b.example", ["https://a.example", "https://b.example"]),
+        ('["https://a.example","https://b.example"]', ["https://a.example", "https://b.example"]),
+    ],
+)
+def test_cors_origins_forms(monkeypatch, value, expected):
+    assert settings(monkeypatch, CORS_ORIGINS=value).cors_origins == expected
+
+
+def test_empty_values_mean_unset(monkeypatch):
+    s = settings(monkeypatch, REDIS_URL="", LOG_FILE="")
+    assert s.redis_url is None and s.log_file is None
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "default"),
+        ({"JWT_SECRET_KEY": "short"}, "shorter than 32 bytes"),
+        ({"JWT_SECRET_KEY": "k" * 40, "CORS_ORIGINS": "*"}, "CORS_ORIGINS"),
+    ],
+)
+def test_production_refuses_weak_settings(monkeypatch, env, message):
+    with pytest.raises(ValidationError) as info:
+        settings(monkeypatch, ENVIRONMENT="production", **env)
+    assert message in str(info.value)
+    assert "k" * 40 not in str(info.value)
+
+
+def test_production_with_a_real_secret_is_accepted(monkeypatch):
+    s = settings(monkeypatch, ENVIRONMENT="production", JWT_SECRET_KEY="k" * 40)
+    assert s.environment == "production"
+    assert "k" * 40 not in repr(s)

@@ -1,0 +1,165 @@
+"""``/api/v1/projects`` over real HTTP: CRUD, membership, error shapes, and the events it publishes."""
+
+from __future__ import annotations
+
+from uuid import uuid4
+
+import pytest
+
+from apps.api.tests.support import make_token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_create_list_get(http, token, user_id):
+    created = await http.post("/api/v1/projects", json={"name": "Alpha", "description": "d"}, headers=bearer(token))
+    assert created.status_code == 201
+    body = created.json()
+    assert body["owner_id"] == str(user_id)
+    assert body["members"] == [str(user_id)]
+    assert body["status"] == "active"
+    listed = await http.get("/api/v1/projects", headers=bearer(token))
+    assert [p["id"] for p in listed.json()] == [body["id"]]
+    fetched = await http.get(f"/api/v1/projects/{body['id']}", headers=bearer(token))
+    assert fetched.json()["name"] == "Alpha"
+    other = await http.get("/api/v1/projects", headers=bearer(make_token()))
+    assert other.json() == []
+
+
+async def test_put_stores_and_broadcasts_what_changed(http, connect, token, user_id):
+    project = (await http.post("/api/v1/projects", json={"name": "Beta"}, headers=bearer(token))).json()
+    client = await connect(token)
+    await client.call("subscribe", {"room": f"project:{project['id']}"})
+    response = await http.put(
+        f"/api/v1/projects/{project['id']}",
+        json={"status": "archived", "name": "Beta", "repository_url": "https://github.com/u/beta"},
+        headers=bearer(token),
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["success"] is True
+    assert body["changed_fields"] == ["repository_url", "status"]
+    assert body["project"]["status"] == "archived"
+    event = await client.expect("project.updated")
+    assert event["id"] == body["event_id"]
+    assert event["data"]["changes"]["fields"] == ["repository_url", "status"]
+    assert event["data"]["changes"]["status"] == "archived"
+    assert event["data"]["status"] == "archived"
+    assert event["data"]["repository_url"] == "https://github.com/u/beta"
+    assert event["data"]["updated_by"] == str(user_id)
+    stored = await http.get(f"/api/v1/projects/{project['id']}", headers=bearer(token))
+    assert stored.json()["status"] == "archived"
+
+
+async def test_put_without_changes_publishes_nothing(http, token):
+    project = (await http.post("/api/v1/projects", json={"name": "Same"}, headers=bearer(token))).json()
+    response = await http.put(f"/api/v1/projects/{project['id']}", json={"name": "Same"}, headers=bearer(token))
+    assert response.json()["changed_fields"] == [] and response.json()["event_id"] is None
+
+
+async def test_delete_broadcasts_and_removes(http, connect, token):
+    project = (await http.post("/api/v1/projects", json={"name": "Gamma"}, headers=bearer(token))).json()
+    client = await connect(token)
+    await client.call("subscribe", {"room": f"project:{project['id']}"})
+    response = await http.delete(f"/api/v1/projects/{project['id']}", headers=bearer(token))
+    assert response.status_code == 200
+    event = await client.expect("project.deleted")
+    assert event["data"]["project_id"] == project["id"]
+    assert event["id"] == response.json()["event_id"]
+    gone = await http.get(f"/api/v1/projects/{project['id']}", headers=bearer(token))
+    assert gone.status_code == 404
+
+
+async def test_members_may_update_but_only_owner_deletes_or_adds(http, token):
+    project = (await http.post("/api/v1/projects", json={"name": "Delta"}, headers=bearer(token))).json()
+    member_id = uuid4()
+    member = make_token(member_id)
+    added = await http.post(
+        f"/api/v1/projects/{project['id']}/members", json={"user_id": str(member_id)}, headers=bearer(token)
+    )
+    assert added.status_code == 201 and str(member_id) in added.json()["members"]
+    assert (
+        await http.put(f"/api/v1/projects/{project['id']}", json={"status": "x"}, headers=bearer(member))
+    ).is_success
+    denied = await http.delete(f"/api/v1/projects/{project['id']}", headers=bearer(member))
+    assert denied.status_code == 403
+    assert denied.json()["error"]["code"] == "PROJECT_ACCESS_DENIED"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/api/v1/projects", None),
+        ("POST", "/api/v1/projects", {"name": "x"}),
+        ("PUT", f"/api/v1/projects/{uuid4()}", {"status": "x"}),
+        ("DELETE", f"/api/v1/projects/{uuid4()}", None),
+    ],
+)
+@pytest.mark.parametrize("header", [None, "Bearer garbage", "Basic abc"])
+async def test_401_without_a_valid_token(http, method, path, body, header):
+    headers = {"Authorization": header} if header else {}
+    response = await http.request(method, path, json=body, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    error = response.json()["error"]
+    assert error["code"] == "AUTH_FAILED"
+    assert error["reason"] in ("missing", "malformed")
+
+
+async def test_403_for_non_member_and_404_for_unknown(http, token):
+    project = (await http.post("/api/v1/projects", json={"name": "Eps"}, headers=bearer(token))).json()
+    stranger = make_token()
+    for method, body in (("GET", None), ("PUT", {"status": "x"}), ("DELETE", None)):
+        response = await http.request(method, f"/api/v1/projects/{project['id']}", json=body, headers=bearer(stranger))
+        assert response.status_code == 403
+        assert response.json()["error"]["code"] == "PROJECT_ACCESS_DENIED"
+    missing = await http.get(f"/api/v1/projects/{uuid4()}", headers=bearer(token))
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "NOT_FOUND"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"name": ""}, {"name": "x", "unknown": 1}, {"name": "x", "repository_url": "ftp://x"}, {"name": "x" * 300}],
+)
+async def test_422_for_invalid_bodies(http, token, body):
+    response = await http.post("/api/v1/projects", json=body, headers=bearer(token))
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "VALIDATION_ERROR"
+    assert error["details"]
+
+
+async def test_422_for_bad_id_and_null_name(http, token):
+    assert (await http.get("/api/v1/projects/not-a-uuid", headers=bearer(token))).status_code == 422
+    project = (await http.post("/api/v1/projects", json={"name": "Zeta"}, headers=bearer(token))).json()
+    response = await http.put(f"/api/v1/projects/{project['id']}", json={"name": None}, headers=bearer(token))
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "VALIDATION_ERROR"
+
+
+async def test_health(http):
+    response = await http.get("/health")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+    assert response.json()["mode"] == "single"
+
+
+async def test_stats_are_for_admins(http, connect, token, user_id):
+    await connect(token)
+    assert (await http.get("/api/v1/websocket/stats")).status_code == 401
+    assert (await http.get("/api/v1/websocket/stats", headers=bearer(token))).status_code == 403
+    response = await http.get("/api/v1/websocket/stats", headers=bearer(make_token(roles=["admin"])))
+    assert response.status_code == 200
+    stats = response.json()
+    assert stats["connections"] >= 1
+    assert stats["rooms"][f"user:{user_id}"] == 1
+    assert stats["rooms"]["global"] >= 1
+
+
+async def test_unknown_route_is_json_404(http):
+    response = await http.get("/nope")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "NOT_FOUND"

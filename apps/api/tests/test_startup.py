@@ -1,0 +1,125 @@
+"""Starting the service the ways the card and README say, as separate processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from uuid import uuid4
+
+import httpx
+import pytest
+
+from apps.api.tests.support import (
+    REPO_ROOT,
+    TEST_SECRET,
+    ConnectRefused,
+    WsClient,
+    free_port,
+    make_token,
+    start_server_process,
+)
+
+BASE_ENV = {"JWT_SECRET_KEY": TEST_SECRET, "LOG_FILE": "", "REDIS_URL": "", "ENVIRONMENT": "development"}
+
+
+async def assert_serves(url: str) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+        assert (await http.get("/health")).json()["status"] == "ok"
+    user = uuid4()
+    client = WsClient(url)
+    await client.connect(make_token(user))
+    try:
+        assert (await client.expect("connection_established"))["data"]["user_id"] == str(user)
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("cwd", "args"),
+    [
+        (REPO_ROOT, [sys.executable, "apps/api/main.py"]),
+        (REPO_ROOT / "apps" / "api", [sys.executable, "main.py"]),
+        (REPO_ROOT, [sys.executable, "-m", "uvicorn", "apps.api.main:app", "--host", "127.0.0.1"]),
+    ],
+    ids=["python-apps/api/main.py", "cd-apps/api-python-main.py", "uvicorn"],
+)
+async def test_starts_the_documented_ways(cwd: Path, args: list[str]):
+    port = free_port()
+    extra = ["--port", str(port)] if "uvicorn" in args else []
+    server = await start_server_process(args + extra, env={**BASE_ENV, "HOST": "127.0.0.1", "PORT": str(port)}, cwd=cwd)
+    try:
+        assert f"http://127.0.0.1:{port}" in "".join(server.output)
+        await assert_serves(server.url)
+    finally:
+        await server.stop()
+
+
+async def test_listens_on_all_interfaces_port_from_env_by_default():
+    port = free_port()
+    server = await start_server_process([sys.executable, "apps/api/main.py"], env={**BASE_ENV, "PORT": str(port)})
+    try:
+        assert f"Uvicorn running on http://0.0.0.0:{port}" in "".join(server.output)
+        await assert_serves(server.url)
+    finally:
+        await server.stop()
+
+
+async def test_dotenv_file_is_read(tmp_path: Path):
+    port = free_port()
+    (tmp_path / ".env").write_text(f"PORT={port}\nHOST=127.0.0.1\nJWT_SECRET_KEY={TEST_SECRET}\nLOG_FILE=\n")
+    env = {k: v for k, v in BASE_ENV.items() if k not in ("JWT_SECRET_KEY", "LOG_FILE")}
+    server = await start_server_process([sys.executable, str(REPO_ROOT / "apps/api/main.py")], env=env, cwd=tmp_path)
+    try:
+        await assert_serves(f"http://127.0.0.1:{port}")
+    finally:
+        await server.stop()
+
+
+async def test_production_refuses_to_start_with_the_default_secret():
+    env = {**BASE_ENV, "ENVIRONMENT": "production", "JWT_SECRET_KEY": "your-secret-key", "PORT": str(free_port())}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "apps/api/main.py",
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 30)
+    text = output.decode()
+    assert process.returncode != 0
+    assert "JWT_SECRET_KEY" in text and "production" in text
+    assert "Uvicorn running" not in text
+
+
+async def test_connections_are_logged_to_log_file_without_tokens(tmp_path: Path):
+    port = free_port()
+    log_file = tmp_path / "logs" / "app.log"
+    env = {**BASE_ENV, "HOST": "127.0.0.1", "PORT": str(port), "LOG_FILE": str(log_file)}
+    server = await start_server_process([sys.executable, "apps/api/main.py"], env=env)
+    url = f"http://127.0.0.1:{port}"
+    user = uuid4()
+    good = make_token(user)
+    expired = make_token(user, ttl=-600)
+    try:
+        client = WsClient(url)
+        await client.connect(good)
+        await client.expect("connection_established")
+        sid = client.sid
+        await client.close()
+        with pytest.raises(ConnectRefused):
+            await WsClient(url).connect(expired)
+    finally:
+        await server.stop()
+    lines = [line for line in log_file.read_text().splitlines() if "websocket" in line]  # the card's grep
+    connected = [line for line in lines if "websocket connected" in line]
+    disconnected = [line for line in lines if "websocket disconnected" in line]
+    refused = [line for line in lines if "websocket connection refused" in line]
+    assert connected and f"sid={sid}" in connected[0] and f"user={user}" in connected[0]
+    assert "remote=127.0.0.1" in connected[0]
+    assert disconnected and f"sid={sid}" in disconnected[0] and "reason=" in disconnected[0]
+    assert refused and "reason=expired" in refused[0] and "remote=127.0.0.1" in refused[0]
+    text = log_file.read_text()
+    assert good not in text and expired not in text and TEST_SECRET not in text
