@@ -123,3 +123,27 @@ async def test_connections_are_logged_to_log_file_without_tokens(tmp_path: Path)
     assert refused and "reason=expired" in refused[0] and "remote=127.0.0.1" in refused[0]
     text = log_file.read_text()
     assert good not in text and expired not in text and TEST_SECRET not in text
+
+
+async def test_devtools_token_is_accepted_by_the_verifier():
+    from apps.api.websocket.auth import TokenVerifier
+
+    user = uuid4()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "apps.api.devtools.token",
+        "--user",
+        str(user),
+        "--role",
+        "admin",
+        "--ttl",
+        "60",
+        cwd=REPO_ROOT,
+        env={**os.environ, **BASE_ENV},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0
+    principal = TokenVerifier(secret=TEST_SECRET, algorithm="HS256").verify(output.decode().strip())
+    assert principal.user_id == user and principal.is_admin
