@@ -21,7 +21,7 @@ from uuid import UUID, uuid4
 if __name__ == "__main__" and not __package__:  # run as a script: make `apps.api` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from apps.api.events.broadcaster import get_broadcaster  # noqa: E402
+from apps.api.events.broadcaster import get_broadcaster
 
 
 async def project_updated(project_id: UUID, user_id: UUID) -> None:
