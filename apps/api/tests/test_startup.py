@@ -29,7 +29,7 @@ async def assert_serves(url: str) -> None:
         assert (await http.get("/health")).json()["status"] == "ok"
     user = uuid4()
     client = WsClient(url)
-    await client.connect(make_token(user))
+    await client.connect(None, query=f"token={make_token(user)}")
     try:
         assert (await client.expect("connection_established"))["data"]["user_id"] == str(user)
     finally:
@@ -54,6 +54,10 @@ async def test_starts_the_documented_ways(cwd: Path, args: list[str]):
         await assert_serves(server.url)
     finally:
         await server.stop()
+    output = "".join(server.output) + (await server.process.stdout.read()).decode()  # type: ignore[union-attr]
+    assert "websocket connected" in output
+    assert "token=[redacted]" in output
+    assert ".eyJ" not in output  # no JWT, whatever the logger
 
 
 async def test_listens_on_all_interfaces_port_from_env_by_default():
@@ -111,6 +115,10 @@ async def test_connections_are_logged_to_log_file_without_tokens(tmp_path: Path)
         await client.close()
         with pytest.raises(ConnectRefused):
             await WsClient(url).connect(expired)
+        in_query = WsClient(url)
+        await in_query.connect(None, query=f"token={good}")
+        await in_query.expect("connection_established")
+        await in_query.close()
     finally:
         await server.stop()
     lines = [line for line in log_file.read_text().splitlines() if "websocket" in line]  # the card's grep
@@ -123,6 +131,7 @@ async def test_connections_are_logged_to_log_file_without_tokens(tmp_path: Path)
     assert refused and "reason=expired" in refused[0] and "remote=127.0.0.1" in refused[0]
     text = log_file.read_text()
     assert good not in text and expired not in text and TEST_SECRET not in text
+    assert "token=[redacted]" in text  # the query-string token, blanked in uvicorn's request line
 
 
 async def test_devtools_token_is_accepted_by_the_verifier():
