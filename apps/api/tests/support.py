@@ -55,6 +55,7 @@ def test_settings(**overrides: Any) -> Settings:
         "log_file": None,
         "log_level": "INFO",
         "redis_url": None,
+        "max_rooms_per_connection": 10,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -323,3 +323,24 @@ async def test_connection_is_closed_when_its_token_expires(connect):
     await client.expect("connection_established")
     await asyncio.wait_for(client.disconnected.wait(), 6)
     assert not client.sio.connected
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"), [("http://localhost:3000", True), ("https://evil.example", False), (None, True)]
+)
+async def test_browser_origins_are_checked_against_cors_origins(http, origin, allowed):
+    headers = {"Origin": origin} if origin else {}
+    response = await http.get("/socket.io/", params={"EIO": "4", "transport": "polling"}, headers=headers)
+    assert (response.status_code == 200) is allowed, response.text
+    if origin and allowed:
+        assert response.headers["access-control-allow-origin"] == origin
+
+
+async def test_room_limit_per_connection(connect, token):
+    client = await connect(token)  # the test server allows 10 rooms; user and global are two
+    for _ in range(8):
+        assert (await client.call("subscribe", {"room": f"agent:{uuid4()}"}))["status"] == "success"
+    reply = await client.call("subscribe", {"room": f"agent:{uuid4()}"})
+    assert (reply["status"], reply["code"]) == ("error", "ROOM_LIMIT")
+    assert (await client.call("subscribe", {"room": "global"}))["status"] == "success"  # already in it
+    assert len((await client.call("debug:rooms"))["rooms"]) == 10
