@@ -187,8 +187,8 @@ class ClientEvents:
     async def ping(self, conn: Connection, data: object = None) -> Ack:
         return {"status": "pong", "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
 
-    async def unknown(self, event: str, sid: str, *args: object) -> Ack:
-        return await self._unknown(sid, event)
+    async def unknown(self, event: object, sid: str, *args: object) -> Ack:
+        return await self._unknown(sid, str(event))
 
     @_guarded
     async def _unknown(self, conn: Connection, event: str) -> Ack:

@@ -9,6 +9,7 @@ ws://localhost:8000/ws``), which speaks raw Engine.IO v4.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import socketio
@@ -18,10 +19,41 @@ from apps.api.websocket.protocol import NAMESPACE, SOCKETIO_PATH
 
 ASGIApp = Any  # an ASGI callable
 
+logger = logging.getLogger(__name__)
+
+
+class EventServer(socketio.AsyncServer):  # type: ignore[misc]
+    """python-socketio's server, closing a connection that sends a packet it cannot decode
+    (as the Node server does) with one warning line, instead of logging a traceback per packet."""
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except Exception as exc:
+            logger.warning(
+                "websocket malformed packet from connection %s (%s): closing it", eio_sid, type(exc).__name__
+            )
+            self._binary_packet.pop(eio_sid, None)
+            await self.eio.disconnect(eio_sid)
+
+    async def _handle_event(self, eio_sid: str, namespace: str | None, id: int | None, data: Any) -> None:
+        # socket.io-parser's rule: an event's payload is a non-empty array led by the event name.
+        if not (isinstance(data, list) and data and isinstance(data[0], str)):
+            raise ValueError("an event must be a non-empty array whose first item is the event name")
+        await super()._handle_event(eio_sid, namespace, id, data)
+
+
+def _library_logger(name: str) -> logging.Logger:
+    """python-socketio/engineio log through these (quiet unless something is wrong), so their lines
+    reach our handlers, formats and filters instead of handlers of their own."""
+    library_logger = logging.getLogger(f"{__name__}.{name}")
+    library_logger.setLevel(logging.WARNING)
+    return library_logger
+
 
 def create_server(settings: Settings) -> socketio.AsyncServer:
     origins: str | list[str] = "*" if settings.cors_origins == ["*"] else settings.cors_origins
-    return socketio.AsyncServer(
+    return EventServer(
         async_mode="asgi",
         namespaces="*",  # every namespace reaches a handler; all but /ws are refused with a reason
         cors_allowed_origins=origins,
@@ -29,8 +61,8 @@ def create_server(settings: Settings) -> socketio.AsyncServer:
         max_http_buffer_size=settings.max_payload_bytes,
         ping_interval=settings.ping_interval_seconds,
         ping_timeout=settings.ping_timeout_seconds,
-        logger=False,
-        engineio_logger=False,
+        logger=_library_logger("socketio"),
+        engineio_logger=_library_logger("engineio"),
     )
 
 

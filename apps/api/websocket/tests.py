@@ -10,6 +10,7 @@ still on its way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from uuid import UUID, uuid4
 
 import pytest
@@ -344,3 +345,28 @@ async def test_room_limit_per_connection(connect, token):
     assert (reply["status"], reply["code"]) == ("error", "ROOM_LIMIT")
     assert (await client.call("subscribe", {"room": "global"}))["status"] == "success"  # already in it
     assert len((await client.call("debug:rooms"))["rooms"]) == 10
+
+
+@pytest.mark.parametrize("garbage", ['42/ws,{"not": json', "427/ws,[1]", '42/ws,"event"', "42/ws,[]"])
+async def test_malformed_packet_closes_only_that_connection(server: RunningServer, connect, token, garbage):
+    import json
+
+    import websockets
+
+    bystander = await connect(make_token())
+    async with websockets.connect(f"ws://127.0.0.1:{server.port}/ws") as raw:
+        assert (await asyncio.wait_for(raw.recv(), 5)).startswith("0{")
+        await raw.send("40/ws," + json.dumps({"token": token}))
+        assert (await asyncio.wait_for(raw.recv(), 5)).startswith("40/ws,")
+        await raw.send(garbage)
+
+        async def until_closed() -> list[str]:
+            frames: list[str] = []
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while not frames or frames[-1] != "1":  # Engine.IO's CLOSE packet
+                    frames.append(await raw.recv())
+            return frames
+
+        frames = await asyncio.wait_for(until_closed(), 5)
+    assert frames[-1] == "1"
+    assert (await bystander.call("ping"))["status"] == "pong"
