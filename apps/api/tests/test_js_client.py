@@ -3,10 +3,12 @@ socket.io-client against the real server.
 
 Each test starts a script from ``apps/api/tests/js/`` (the snippet pasted between ``BEGIN/END CARD
 SNIPPET`` comments, with a small harness around it) as a subprocess of this event loop, so the
-in-process server keeps serving while Node talks to it. The script prints one JSON object per
-line: ``{"log": [...]}`` for whatever the snippet passed to ``console.log``, and harness reports.
-The test reads those lines, acts on the server (HTTP calls, broadcasts) when the script says it
-is ready, and asserts on what the snippet logged. Every wait is bounded.
+in-process server keeps serving while Node talks to it. The "Client Connection" snippet is pasted
+once, in ``card_connection.mjs``: the scripts of the snippets that use its ``socket`` import it.
+The script prints one JSON object per line: ``{"log": [...]}`` for whatever the snippet passed to
+``console.log``, and harness reports. The test reads those lines, acts on the server (HTTP calls,
+broadcasts) when the script says it is ready, and asserts on what the snippet logged. Every wait
+is bounded.
 
 The only changes made to the snippets: the card's URL ``"http://localhost:8000/ws"`` is the
 identifier ``WS_URL`` (the test server's URL) and ``"your-jwt-token"`` is ``JWT_TOKEN`` (a token

@@ -1,11 +1,12 @@
-// Card: "Auto-Reconnect with Token Refresh" (on the "Client Connection" socket).
+// Card: "Auto-Reconnect with Token Refresh" (on the "Client Connection" socket of card_connection.mjs).
 // Driven by test_js_client.py::test_auto_reconnect_with_token_refresh_snippet.
 //
 // JWT_TOKEN expires about 2 s after it was made: the server then disconnects the connection
 // ("io server disconnect", after which socket.io-client does not reconnect by itself). The
 // snippet refreshes the token through refreshToken() (harness: returns REFRESH_TOKEN), stores
 // it in localStorage and reconnects. The harness reports both connection_established events.
-import { JWT_TOKEN, WS_URL, debugRooms, logsStartingWith, record, report, run, waitUntil } from "./harness.mjs";
+import { socket } from "./card_connection.mjs";
+import { debugRooms, logsStartingWith, record, report, run, waitUntil } from "./harness.mjs";
 
 const REFRESH_TOKEN = process.env.REFRESH_TOKEN;
 let refreshCalls = 0;
@@ -15,25 +16,6 @@ async function refreshToken() {
   refreshCalls += 1;
   return REFRESH_TOKEN;
 }
-
-// ===== BEGIN CARD SNIPPET "Client Connection (JavaScript)" =====
-// Verbatim, except: "http://localhost:8000/ws" -> WS_URL, "your-jwt-token" -> JWT_TOKEN.
-import io from "socket.io-client";
-
-const socket = io(WS_URL, {
-  auth: { token: JWT_TOKEN }
-});
-
-// Listen for connection
-socket.on("connection_established", (event) => {
-  console.log("Connected:", event.data.connection_id);
-});
-
-// Listen for disconnection
-socket.on("disconnect", () => {
-  console.log("Disconnected");
-});
-// ===== END CARD SNIPPET =====
 
 // ===== BEGIN CARD SNIPPET "Auto-Reconnect with Token Refresh" (verbatim) =====
 socket.on("disconnect", async () => {

@@ -1,27 +1,10 @@
-// Card: "Client Connection (JavaScript)". Driven by test_js_client.py::test_client_connection_snippet.
+// Card: "Client Connection (JavaScript)" (the snippet is in card_connection.mjs; importing it
+// runs it). Driven by test_js_client.py::test_client_connection_snippet.
 //
 // The snippet connects and logs "Connected: <connection_id>". The test then disconnects this
 // connection from the server side, and the snippet must log "Disconnected".
-import { JWT_TOKEN, WS_URL, logsStartingWith, record, report, run, waitUntil } from "./harness.mjs";
-
-// ===== BEGIN CARD SNIPPET "Client Connection (JavaScript)" =====
-// Verbatim, except: "http://localhost:8000/ws" -> WS_URL, "your-jwt-token" -> JWT_TOKEN.
-import io from "socket.io-client";
-
-const socket = io(WS_URL, {
-  auth: { token: JWT_TOKEN }
-});
-
-// Listen for connection
-socket.on("connection_established", (event) => {
-  console.log("Connected:", event.data.connection_id);
-});
-
-// Listen for disconnection
-socket.on("disconnect", () => {
-  console.log("Disconnected");
-});
-// ===== END CARD SNIPPET =====
+import { socket } from "./card_connection.mjs";
+import { logsStartingWith, record, report, run, waitUntil } from "./harness.mjs";
 
 const established = record(socket, "connection_established");
 const disconnects = record(socket, "disconnect");

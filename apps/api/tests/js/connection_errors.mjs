@@ -1,29 +1,11 @@
-// Card: "Handle Connection Errors" (on the "Client Connection" socket).
+// Card: "Handle Connection Errors" (on the "Client Connection" socket of card_connection.mjs).
 // Driven by test_js_client.py::test_handle_connection_errors_snippet with a token the server
 // refuses (JWT_TOKEN: expired, badly signed, malformed, or empty).
 //
 // The snippet must send the browser to /login: window.location.href (a harness shim, initially
 // INITIAL_HREF) becomes "/login". The harness reports the error the client got and the href.
-import { INITIAL_HREF, JWT_TOKEN, WS_URL, logsStartingWith, record, report, run, waitUntil } from "./harness.mjs";
-
-// ===== BEGIN CARD SNIPPET "Client Connection (JavaScript)" =====
-// Verbatim, except: "http://localhost:8000/ws" -> WS_URL, "your-jwt-token" -> JWT_TOKEN.
-import io from "socket.io-client";
-
-const socket = io(WS_URL, {
-  auth: { token: JWT_TOKEN }
-});
-
-// Listen for connection
-socket.on("connection_established", (event) => {
-  console.log("Connected:", event.data.connection_id);
-});
-
-// Listen for disconnection
-socket.on("disconnect", () => {
-  console.log("Disconnected");
-});
-// ===== END CARD SNIPPET =====
+import { socket } from "./card_connection.mjs";
+import { INITIAL_HREF, logsStartingWith, record, report, run, waitUntil } from "./harness.mjs";
 
 // ===== BEGIN CARD SNIPPET "Handle Connection Errors" (verbatim) =====
 socket.on("connect_error", (error) => {

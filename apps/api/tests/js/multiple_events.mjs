@@ -1,29 +1,11 @@
-// Card: "Listen for Multiple Events" (on the "Client Connection" socket).
+// Card: "Listen for Multiple Events" (on the "Client Connection" socket of card_connection.mjs).
 // Driven by test_js_client.py::test_listen_for_multiple_events_snippet.
 //
 // The harness subscribes to project:<PROJECT_ID> and agent:<AGENT_ID> and reports "ready"; the
 // test then changes the project, and broadcasts an agent status change and workflow progress.
 // The snippet logs each as "<event>:", <envelope>.
-import { JWT_TOKEN, WS_URL, logsStartingWith, record, report, run, waitUntil } from "./harness.mjs";
-
-// ===== BEGIN CARD SNIPPET "Client Connection (JavaScript)" =====
-// Verbatim, except: "http://localhost:8000/ws" -> WS_URL, "your-jwt-token" -> JWT_TOKEN.
-import io from "socket.io-client";
-
-const socket = io(WS_URL, {
-  auth: { token: JWT_TOKEN }
-});
-
-// Listen for connection
-socket.on("connection_established", (event) => {
-  console.log("Connected:", event.data.connection_id);
-});
-
-// Listen for disconnection
-socket.on("disconnect", () => {
-  console.log("Disconnected");
-});
-// ===== END CARD SNIPPET =====
+import { socket } from "./card_connection.mjs";
+import { logsStartingWith, record, report, run, waitUntil } from "./harness.mjs";
 
 // ===== BEGIN CARD SNIPPET "Listen for Multiple Events" (verbatim) =====
 const events = [

@@ -1,4 +1,4 @@
-// Card: "Subscribe to Updates" (after "Client Connection", which creates `socket`).
+// Card: "Subscribe to Updates" (on the "Client Connection" socket of card_connection.mjs).
 // Driven by test_js_client.py::test_subscribe_to_updates_snippet.
 //
 // The snippet hard-codes project 550e8400-e29b-41d4-a716-446655440000; the test makes this
@@ -9,26 +9,8 @@
 //      debug:rooms and reports the rooms; the test changes the project again and sends a marker
 //      event to this user's room;
 //   3. once the marker is in, the harness reports how many "Project updated:" were logged.
-import { JWT_TOKEN, WS_URL, debugRooms, logs, logsStartingWith, record, report, run, waitUntil } from "./harness.mjs";
-
-// ===== BEGIN CARD SNIPPET "Client Connection (JavaScript)" =====
-// Verbatim, except: "http://localhost:8000/ws" -> WS_URL, "your-jwt-token" -> JWT_TOKEN.
-import io from "socket.io-client";
-
-const socket = io(WS_URL, {
-  auth: { token: JWT_TOKEN }
-});
-
-// Listen for connection
-socket.on("connection_established", (event) => {
-  console.log("Connected:", event.data.connection_id);
-});
-
-// Listen for disconnection
-socket.on("disconnect", () => {
-  console.log("Disconnected");
-});
-// ===== END CARD SNIPPET =====
+import { socket } from "./card_connection.mjs";
+import { debugRooms, logs, logsStartingWith, record, report, run, waitUntil } from "./harness.mjs";
 
 const markers = record(socket, "workflow.progress");
 
