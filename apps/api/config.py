@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 DEFAULT_JWT_SECRET = "your-secret-key"
 #: Shortest HMAC secret accepted in production (RFC 7518 3.2: at least the hash size).
 MIN_PRODUCTION_SECRET_BYTES = 32
-HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "valkey", "valkeys")
 
 
 class Settings(BaseSettings):
@@ -39,6 +39,13 @@ class Settings(BaseSettings):
 
     # Redis: unset means a single instance with no Redis at all.
     redis_url: str | None = None
+    redis_channel: str = Field(default="socketio", min_length=1)
+    redis_key_prefix: str = "events:"
+    redis_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+
+    # Uvicorn worker processes for `python apps/api/main.py` (more than one needs REDIS_URL).
+    workers: int = Field(default=1, ge=1, le=64)
+    shutdown_timeout_seconds: float = Field(default=10, ge=0)
 
     # Socket.IO
     max_payload_bytes: int = Field(default=1_000_000, ge=1024)
@@ -67,6 +74,24 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None:
+            scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+            if scheme not in REDIS_SCHEMES:
+                raise ValueError(f"REDIS_URL must start with one of {', '.join(s + '://' for s in REDIS_SCHEMES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _workers_need_redis(self) -> Settings:
+        if self.workers > 1 and not self.redis_url:
+            raise ValueError(
+                f"WORKERS={self.workers} needs REDIS_URL: without it, an event published in one worker "
+                "would never reach clients of the others"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_weak_secret_in_production(self) -> Settings:

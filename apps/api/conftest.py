@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from uuid import UUID, uuid4
 
@@ -9,6 +10,7 @@ import httpx
 import pytest
 
 from apps.api.app import create_app
+from apps.api.tests.redis_support import DEFAULT_REDIS_URL, HOW_TO_PROVIDE, own_redis, reachable
 from apps.api.tests.support import RunningServer, WsClient, make_token, serve_in_process, test_settings
 
 
@@ -51,3 +53,15 @@ def user_id() -> UUID:
 @pytest.fixture
 def token(user_id: UUID) -> str:
     return make_token(user_id)
+
+
+@pytest.fixture(scope="session")
+async def redis_url() -> AsyncIterator[str]:
+    """The machine's Redis (127.0.0.1:6379 or TEST_REDIS_URL), else one started for the session."""
+    if await reachable(DEFAULT_REDIS_URL):
+        yield DEFAULT_REDIS_URL
+        return
+    if shutil.which("redis-server") is None:
+        pytest.fail(f"Redis is not reachable at {DEFAULT_REDIS_URL}. {HOW_TO_PROVIDE}")
+    async with own_redis() as server:
+        yield server.url

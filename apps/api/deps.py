@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from apps.api.errors import ApiError
-from apps.api.stores.projects import InMemoryProjectStore
+from apps.api.stores.projects import ProjectStore
 from apps.api.websocket.auth import AuthError, Principal, TokenVerifier, extract_token
 
 
@@ -32,11 +32,11 @@ def admin_principal(principal: Annotated[Principal, Depends(current_principal)])
     return principal
 
 
-def project_store(request: Request) -> InMemoryProjectStore:
-    store: InMemoryProjectStore = request.app.state.projects
+def project_store(request: Request) -> ProjectStore:
+    store: ProjectStore = request.app.state.projects
     return store
 
 
 CurrentUser = Annotated[Principal, Depends(current_principal)]
 AdminUser = Annotated[Principal, Depends(admin_principal)]
-ProjectStoreDep = Annotated[InMemoryProjectStore, Depends(project_store)]
+ProjectStoreDep = Annotated[ProjectStore, Depends(project_store)]

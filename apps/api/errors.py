@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 _DEFAULT_CODES = {
@@ -57,6 +58,15 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("VALIDATION_ERROR", "The request is invalid", details=details), status_code=422)
 
 
+async def _storage_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(
+        error_body("UNAVAILABLE", f"Storage is unreachable ({type(exc).__name__}); try again shortly"),
+        status_code=503,
+        headers={"Retry-After": "2"},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(RedisError, _storage_unavailable)

@@ -1,5 +1,6 @@
 """Entry point. ``python apps/api/main.py`` (or ``cd apps/api && python main.py``) serves on
-``HOST``:``PORT`` (0.0.0.0:8000); ``uvicorn apps.api.main:app`` works too."""
+``HOST``:``PORT`` (0.0.0.0:8000) with ``WORKERS`` processes (1; more need ``REDIS_URL``);
+``uvicorn apps.api.main:app`` works too."""
 
 from __future__ import annotations
 
@@ -11,16 +12,27 @@ if __name__ == "__main__" and not __package__:  # run as a script: make `apps.ap
 
 from apps.api.app import create_app
 from apps.api.config import get_settings
+from apps.api.logging_setup import configure_logging
 
 
 def run() -> None:
     import uvicorn
 
     settings = get_settings()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    configure_logging(settings)  # the parent process's lines too (with WORKERS > 1 it serves nothing)
+    options = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "timeout_graceful_shutdown": settings.shutdown_timeout_seconds,
+    }
+    if settings.workers > 1:
+        uvicorn.run("apps.api.main:app", workers=settings.workers, **options)  # type: ignore[arg-type]
+    else:
+        uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
     run()
-else:
+elif __name__ != "__mp_main__":  # not when a worker process re-imports this script
     app = create_app()

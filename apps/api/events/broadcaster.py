@@ -20,9 +20,9 @@ from uuid import UUID
 
 from pydantic import ValidationError
 
-from apps.api.events.emitter import Emitter
+from apps.api.events.emitter import DeliveryError, Emitter
 from apps.api.events.routing import FALLBACK_ROOMS, rooms_for
-from apps.api.events.workflow_routes import WorkflowRoutes
+from apps.api.events.workflow_routes import WorkflowDirectory, WorkflowRoutes
 from apps.api.websocket.models import PAYLOADS, Event, EventType, Payload, WorkflowData
 
 logger = logging.getLogger(__name__)
@@ -52,27 +52,65 @@ class BroadcasterNotConfigured(RuntimeError):
     """The process has no Socket.IO server attached and no Redis to publish through."""
 
 
+__all__ = [
+    "Broadcaster",
+    "BroadcasterNotConfigured",
+    "DeliveryError",
+    "EventValidationError",
+    "get_broadcaster",
+]
+
+
+def _redis_publisher() -> tuple[Emitter, WorkflowDirectory] | None:
+    """For a process that serves no clients: publish through Redis when ``REDIS_URL`` is set."""
+    from apps.api.config import get_settings
+
+    settings = get_settings()
+    if not settings.redis_url:
+        return None
+    from apps.api.websocket.server import create_publisher
+
+    return create_publisher(settings)
+
+
 class Broadcaster:
-    def __init__(self, emitter: Emitter | None = None, workflow_routes: WorkflowRoutes | None = None) -> None:
+    """Publishes typed events. In the service it sends through the local Socket.IO server (which
+    shares them through Redis when configured); in any other process, through Redis directly.
+
+    A call raises :class:`EventValidationError` for bad arguments (nothing sent),
+    :class:`DeliveryError` when Redis cannot be reached (no other instance got the event), and
+    :class:`BroadcasterNotConfigured` where there is no server and no ``REDIS_URL``.
+    """
+
+    def __init__(self, emitter: Emitter | None = None, workflow_routes: WorkflowDirectory | None = None) -> None:
+        self._emitter = emitter
+        self._workflows: WorkflowDirectory = workflow_routes or WorkflowRoutes()
+
+    def attach(self, emitter: Emitter | None, workflow_routes: WorkflowDirectory | None = None) -> None:
+        """Send through ``emitter`` from now on (the app does this at startup, and detaches with
+        ``None`` at shutdown)."""
         self._emitter = emitter
         self._workflows = workflow_routes or WorkflowRoutes()
-
-    def attach(self, emitter: Emitter | None) -> None:
-        """Send through ``emitter`` from now on (the app does this at startup)."""
-        self._emitter = emitter
 
     @property
     def attached(self) -> bool:
         return self._emitter is not None
 
+    def _transport(self) -> Emitter:
+        if self._emitter is None:
+            publisher = _redis_publisher()
+            if publisher is None:
+                raise BroadcasterNotConfigured(
+                    "get_broadcaster() has nowhere to send: this process runs no Socket.IO server and "
+                    "REDIS_URL is not set. Set REDIS_URL (the service's Redis) to publish from here."
+                )
+            self.attach(*publisher)
+            assert self._emitter is not None
+        return self._emitter
+
     async def publish(self, event: Event, rooms: list[str]) -> Event:
         """Send an already-built event to ``rooms``. The typed methods below call this."""
-        if self._emitter is None:
-            raise BroadcasterNotConfigured(
-                "get_broadcaster() has nowhere to send: this process runs no Socket.IO server. "
-                "Run it inside the service, or set REDIS_URL so it publishes through Redis."
-            )
-        await self._emitter.emit(event.type.value, event.wire(), rooms=rooms)
+        await self._transport().emit(event.type.value, event.wire(), rooms=rooms)
         logger.debug("sent %s %s to %s", event.type.value, event.id, rooms)
         return event
 
@@ -84,6 +122,7 @@ class Broadcaster:
             event = Event(type=event_type, source=source, data=data)
         except ValidationError as exc:
             raise EventValidationError(event_type, exc) from None
+        self._transport()  # before the workflow directory is used: it may be Redis's
         return await self.publish(event, await self._rooms(data))
 
     async def _rooms(self, data: Payload) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -11,11 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from apps.api.deps import CurrentUser, ProjectStoreDep
 from apps.api.errors import ApiError
-from apps.api.events.broadcaster import get_broadcaster
+from apps.api.events.broadcaster import DeliveryError, get_broadcaster
 from apps.api.stores.projects import Project
 from apps.api.websocket.auth import Principal
+from apps.api.websocket.models import Event
 
 router = APIRouter(prefix="/api/v1/projects", tags=["projects"])
+logger = logging.getLogger(__name__)
 
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 Url = Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^https?://")]
@@ -75,12 +79,25 @@ class ProjectUpdated(BaseModel):
     success: bool = True
     project: ProjectPublic
     changed_fields: list[str]
-    event_id: str | None = Field(description="id of the project.updated event, or null when nothing changed")
+    event_id: str | None = Field(description="id of the project.updated event; null when nothing changed or not sent")
+    event_delivered: bool = Field(description="false when the event could not reach every instance (Redis down)")
 
 
 class ProjectDeleted(BaseModel):
     success: bool = True
-    event_id: str
+    event_id: str | None
+    event_delivered: bool
+
+
+async def _announce(publishing: Awaitable[Event]) -> tuple[str | None, bool]:
+    """Publish after a stored change. The change stands either way; an event Redis could not take
+    is reported as not delivered rather than failing the request (a retry would change nothing)."""
+    try:
+        event = await publishing
+    except DeliveryError as exc:
+        logger.warning("websocket event not delivered to every instance: %s", exc)
+        return None, False
+    return event.id, True
 
 
 async def _visible_project(store: ProjectStoreDep, project_id: UUID, user: Principal) -> Project:
@@ -123,18 +140,21 @@ async def update_project(
     if any(requested.get(k) is None for k in ("name", "status") if k in requested):
         raise ApiError(422, "name and status cannot be null", code="VALIDATION_ERROR")
     project, changed = await store.update(project_id, requested)
-    event_id = None
+    event_id, delivered = None, True
     if changed:
-        event = await get_broadcaster().broadcast_project_updated(
-            project_id=project.id,
-            project_name=project.name,
-            repository_url=project.repository_url,
-            status=project.status,
-            updated_by=user.user_id,
-            changes=changed,
+        event_id, delivered = await _announce(
+            get_broadcaster().broadcast_project_updated(
+                project_id=project.id,
+                project_name=project.name,
+                repository_url=project.repository_url,
+                status=project.status,
+                updated_by=user.user_id,
+                changes=changed,
+            )
         )
-        event_id = event.id
-    return ProjectUpdated(project=ProjectPublic.of(project), changed_fields=list(changed), event_id=event_id)
+    return ProjectUpdated(
+        project=ProjectPublic.of(project), changed_fields=list(changed), event_id=event_id, event_delivered=delivered
+    )
 
 
 @router.delete("/{project_id}", response_model=ProjectDeleted)
@@ -143,10 +163,12 @@ async def delete_project(project_id: UUID, user: CurrentUser, store: ProjectStor
     project = await _visible_project(store, project_id, user)
     _require_owner(project, user)
     await store.delete(project_id)
-    event = await get_broadcaster().broadcast_project_deleted(
-        project_id=project.id, project_name=project.name, deleted_by=user.user_id
+    event_id, delivered = await _announce(
+        get_broadcaster().broadcast_project_deleted(
+            project_id=project.id, project_name=project.name, deleted_by=user.user_id
+        )
     )
-    return ProjectDeleted(event_id=event.id)
+    return ProjectDeleted(event_id=event_id, event_delivered=delivered)
 
 
 @router.post("/{project_id}/members", response_model=ProjectPublic, status_code=status.HTTP_201_CREATED)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID, uuid4
 
 
@@ -23,8 +23,36 @@ class Project:
     updated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
-#: Fields a caller may change with :meth:`InMemoryProjectStore.update`.
+#: Fields a caller may change with :meth:`ProjectStore.update`.
 EDITABLE_FIELDS = ("name", "status", "description", "repository_url")
+
+
+class ProjectStore(Protocol):
+    """Where projects and their members live: in memory (one instance) or Redis (several)."""
+
+    async def create(
+        self,
+        *,
+        name: str,
+        owner_id: UUID,
+        status: str = "active",
+        description: str | None = None,
+        repository_url: str | None = None,
+    ) -> Project: ...
+
+    async def get(self, project_id: UUID) -> Project | None: ...
+
+    async def list_for_user(self, user_id: UUID) -> list[Project]: ...
+
+    async def is_member(self, project_id: UUID, user_id: UUID) -> bool: ...
+
+    async def update(self, project_id: UUID, changes: dict[str, Any]) -> tuple[Project, dict[str, Any]]:
+        """Apply ``changes`` (editable fields only); returns the project and what really changed."""
+        ...
+
+    async def add_member(self, project_id: UUID, user_id: UUID) -> Project: ...
+
+    async def delete(self, project_id: UUID) -> Project | None: ...
 
 
 class InMemoryProjectStore:

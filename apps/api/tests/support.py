@@ -254,3 +254,16 @@ async def marker(*clients: WsClient) -> None:
     for client in clients:
         event = await client.expect("agent.connected")
         assert event["data"]["agent_id"] == str(agent)
+
+
+async def eventually(check: Any, *, timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll ``await check()`` until it returns something truthy, for at most ``timeout`` seconds.
+    For state that changes outside the test's control (a server noticing Redis is back)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s (last: {result!r})")
+        await asyncio.sleep(interval)

@@ -9,7 +9,7 @@ from apps.api.config import Settings
 
 
 def settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
-    for name in ("JWT_SECRET_KEY", "ENVIRONMENT", "CORS_ORIGINS", "REDIS_URL", "LOG_FILE"):
+    for name in ("JWT_SECRET_KEY", "ENVIRONMENT", "CORS_ORIGINS", "REDIS_URL", "LOG_FILE", "WORKERS"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -61,3 +61,20 @@ def test_production_with_a_real_secret_is_accepted(monkeypatch):
     s = settings(monkeypatch, ENVIRONMENT="production", JWT_SECRET_KEY="k" * 40)
     assert s.environment == "production"
     assert "k" * 40 not in repr(s)
+
+
+def test_several_workers_need_redis(monkeypatch):
+    with pytest.raises(ValidationError, match="WORKERS=3 needs REDIS_URL"):
+        settings(monkeypatch, WORKERS="3")
+    assert settings(monkeypatch, WORKERS="3", REDIS_URL="redis://127.0.0.1:6379").workers == 3
+
+
+@pytest.mark.parametrize("url", ["localhost:6379", "http://redis:6379", "redis//x"])
+def test_redis_url_must_be_a_redis_url(monkeypatch, url):
+    with pytest.raises(ValidationError, match="REDIS_URL must start with"):
+        settings(monkeypatch, REDIS_URL=url)
+
+
+def test_redis_url_forms(monkeypatch):
+    for url in ("redis://redis:6379/0", "rediss://:pw@redis.example:6380", "unix:///run/redis.sock"):
+        assert settings(monkeypatch, REDIS_URL=url).redis_url == url

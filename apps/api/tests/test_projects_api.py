@@ -163,3 +163,22 @@ async def test_unknown_route_is_json_404(http):
     response = await http.get("/nope")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "NOT_FOUND"
+
+
+async def test_a_stored_change_whose_event_cannot_be_delivered_says_so(http, token, monkeypatch):
+    from apps.api.events.broadcaster import DeliveryError, get_broadcaster
+
+    class RedisDown:
+        async def emit(self, event: str, data: dict, *, rooms: list[str]) -> None:
+            raise DeliveryError("could not publish to Redis at redis://example:6379: ConnectionError")
+
+    project = (await http.post("/api/v1/projects", json={"name": "Eta"}, headers=bearer(token))).json()
+    monkeypatch.setattr(get_broadcaster(), "_emitter", RedisDown())
+    response = await http.put(f"/api/v1/projects/{project['id']}", json={"status": "paused"}, headers=bearer(token))
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["changed_fields"], body["event_id"], body["event_delivered"]) == (["status"], None, False)
+    stored = await http.get(f"/api/v1/projects/{project['id']}", headers=bearer(token))
+    assert stored.json()["status"] == "paused"
+    deleted = await http.delete(f"/api/v1/projects/{project['id']}", headers=bearer(token))
+    assert deleted.status_code == 200 and deleted.json()["event_delivered"] is False

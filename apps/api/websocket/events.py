@@ -20,7 +20,7 @@ import socketio
 from apps.api.websocket.auth import AuthError, TokenVerifier, extract_token
 from apps.api.websocket.connections import Connection, Connections
 from apps.api.websocket.models import ConnectionEstablishedData, Event, EventType
-from apps.api.websocket.protocol import NAMESPACE, ClientEvent, ErrorCode, error, success
+from apps.api.websocket.protocol import INSTANCE_ID, NAMESPACE, ClientEvent, ErrorCode, error, success
 from apps.api.websocket.rooms import RoomError, RoomKind, auto_rooms, check_access, parse_room
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class ClientEvents:
         event = Event(
             type=EventType.CONNECTION_ESTABLISHED,
             source="websocket_server",
-            data=ConnectionEstablishedData(connection_id=sid, user_id=user_id, rooms=rooms),
+            data=ConnectionEstablishedData(connection_id=sid, user_id=user_id, rooms=rooms, instance_id=INSTANCE_ID),
         )
         await self.sio.emit(event.type.value, event.wire(), to=sid, namespace=NAMESPACE)
 

@@ -263,6 +263,7 @@ class ConnectionEstablishedData(Payload):
     connection_id: str
     user_id: UUID
     rooms: list[str]
+    instance_id: str
     protocol_version: str = PROTOCOL_VERSION
     server_time: UtcDatetime = Field(default_factory=utc_now)
 

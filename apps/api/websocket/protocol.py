@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
+
+#: An opaque id of this server process, in ``connection_established`` and ``/health``: tells
+#: which instance a client landed on when there are several.
+INSTANCE_ID = uuid.uuid4().hex[:12]
+
 #: The Socket.IO namespace clients connect to: ``io("http://host:8000/ws")``.
 NAMESPACE = "/ws"
 #: The Engine.IO path (socket.io-client's default ``path``).

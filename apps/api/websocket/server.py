@@ -15,7 +15,9 @@ from typing import Any
 import socketio
 
 from apps.api.config import Settings
+from apps.api.events.workflow_routes import RedisWorkflowRoutes
 from apps.api.websocket.protocol import NAMESPACE, SOCKETIO_PATH
+from apps.api.websocket.redis_manager import ResilientRedisManager
 
 ASGIApp = Any  # an ASGI callable
 
@@ -51,9 +53,23 @@ def _library_logger(name: str) -> logging.Logger:
     return library_logger
 
 
+def create_redis_manager(settings: Settings, *, write_only: bool = False) -> ResilientRedisManager:
+    assert settings.redis_url, "REDIS_URL is not set"
+    return ResilientRedisManager(
+        settings.redis_url,
+        channel=settings.redis_channel,
+        write_only=write_only,
+        timeout=settings.redis_timeout_seconds,
+        logger=_library_logger("socketio"),
+    )
+
+
 def create_server(settings: Settings) -> socketio.AsyncServer:
+    """The Socket.IO server: alone in memory, or sharing rooms' events through Redis."""
     origins: str | list[str] = "*" if settings.cors_origins == ["*"] else settings.cors_origins
+    manager = create_redis_manager(settings) if settings.redis_url else None
     return EventServer(
+        client_manager=manager,
         async_mode="asgi",
         namespaces="*",  # every namespace reaches a handler; all but /ws are refused with a reason
         cors_allowed_origins=origins,
@@ -67,13 +83,21 @@ def create_server(settings: Settings) -> socketio.AsyncServer:
 
 
 class SocketIOEmitter:
-    """The broadcaster's emitter for a process that serves clients."""
+    """The broadcaster's emitter: through the server in a process that serves clients, or through
+    a write-only Redis manager in one that does not (a worker, a script)."""
 
-    def __init__(self, sio: socketio.AsyncServer) -> None:
-        self._sio = sio
+    def __init__(self, target: socketio.AsyncServer | socketio.AsyncManager) -> None:
+        self._target = target
 
     async def emit(self, event: str, data: dict[str, Any], *, rooms: list[str]) -> None:
-        await self._sio.emit(event, data, to=rooms, namespace=NAMESPACE)
+        await self._target.emit(event, data, to=rooms, namespace=NAMESPACE)
+
+
+def create_publisher(settings: Settings) -> tuple[SocketIOEmitter, RedisWorkflowRoutes]:
+    """What the broadcaster needs in a process with no Socket.IO server: a write-only Redis
+    manager to publish through, and the shared workflow directory."""
+    manager = create_redis_manager(settings, write_only=True)
+    return SocketIOEmitter(manager), RedisWorkflowRoutes(manager.publisher, prefix=settings.redis_key_prefix)
 
 
 class PathAliases:

@@ -1,0 +1,117 @@
+"""Redis goes away and comes back, under load, with two instances and a publishing process.
+Runs against a redis-server of its own on a free port, which it kills and restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from uuid import uuid4
+
+import httpx
+
+from apps.api.tests.redis_support import isolation, own_redis
+from apps.api.tests.support import REPO_ROOT, WsClient, eventually, free_port, make_token, start_server_process
+from apps.api.tests.test_redis_fanout import new_project, server_env, subscribed
+
+
+async def ready(url: str) -> int:
+    async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+        return (await http.get("/ready")).status_code
+
+
+async def test_redis_outage_fails_clearly_and_delivery_resumes_after():
+    tags = isolation()
+    async with own_redis() as redis:
+        servers = []
+        clients: list[WsClient] = []
+        load: asyncio.Task[list[int]] | None = None
+        stop_load = asyncio.Event()
+        try:
+            for _ in range(2):
+                env = server_env(redis.url, tags, PORT=str(free_port()))
+                servers.append(await start_server_process([sys.executable, "apps/api/main.py"], env=env))
+            a, b = servers
+            owner = uuid4()
+            token = make_token(owner)
+            auth = {"Authorization": f"Bearer {token}"}
+            project = await new_project(a.url, token)
+            clients = [await subscribed(s.url, make_token(owner), f"project:{project}") for s in servers]
+
+            async def put_loop() -> list[int]:
+                """Steady writes through instance B the whole time (bounded in count)."""
+                codes = []
+                async with httpx.AsyncClient(base_url=b.url, headers=auth, timeout=10) as http:
+                    for i in range(500):
+                        if stop_load.is_set():
+                            break
+                        response = await http.put(f"/api/v1/projects/{project}", json={"description": f"v{i}"})
+                        codes.append(response.status_code)
+                        assert response.headers["content-type"] == "application/json"
+                        await asyncio.sleep(0.02)
+                return codes
+
+            load = asyncio.create_task(put_loop())
+            await clients[0].expect("project.updated")  # the load is flowing to A's client
+
+            await redis.stop()
+            for server in servers:
+                await eventually(lambda s=server: _is(ready(s.url), 503), what="/ready turning 503")
+                async with httpx.AsyncClient(base_url=server.url) as http:
+                    health = (await http.get("/health")).json()
+                assert (health["status"], health["redis"], health["mode"]) == ("degraded", "unreachable", "redis")
+
+            # A write needs Redis (the project store is there): a clear 503, quickly.
+            async with httpx.AsyncClient(base_url=b.url, headers=auth) as http:
+                response = await asyncio.wait_for(http.put(f"/api/v1/projects/{project}", json={"status": "x"}), 5)
+            assert response.status_code == 503
+            assert response.json()["error"]["code"] == "UNAVAILABLE"
+            # A publishing process gets a clear error, quickly.
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "apps/api/events/example_usage.py", cwd=REPO_ROOT,
+                env={**os.environ, **server_env(redis.url, tags)},
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+            output, _ = await asyncio.wait_for(process.communicate(), 20)
+            assert process.returncode != 0
+            assert "RedisUnavailable: could not publish to Redis at" in output.decode()
+            # Clients stay connected.
+            for client in clients:
+                assert (await client.call("ping"))["status"] == "pong"
+
+            await redis.start()
+            for server in servers:
+                await eventually(lambda s=server: _is(ready(s.url), 200), timeout=15, what="/ready back to 200")
+            stop_load.set()
+            codes = await asyncio.wait_for(load, 30)
+            assert set(codes) <= {200, 503}, codes
+            assert 503 in codes and 200 in codes
+            for client in clients:
+                client.received("project.updated")  # drop what the load sent
+
+            # Delivery resumed: a change through B reaches the client of A (and B's own).
+            async with httpx.AsyncClient(base_url=b.url, headers=auth) as http:
+                response = await http.put(f"/api/v1/projects/{project}", json={"status": "back"})
+            assert response.status_code == 200 and response.json()["event_delivered"] is True
+            for client in clients:
+
+                async def the_change(c: WsClient = client) -> bool:
+                    event = await c.expect("project.updated")
+                    return event["id"] == response.json()["event_id"]
+
+                await eventually(the_change, what="the post-outage event")
+        finally:
+            stop_load.set()
+            if load is not None and not load.done():
+                load.cancel()
+            for client in clients:
+                await client.close()
+            for server in servers:
+                await server.stop()
+
+
+async def _is(status: object, expected: int) -> bool:
+    try:
+        return await status == expected  # type: ignore[misc]
+    except httpx.HTTPError:
+        return False
