@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     ping_timeout_seconds: float = Field(default=20, gt=0)
     max_rooms_per_connection: int = Field(default=100, ge=2)
     disconnect_on_token_expiry: bool = True
+    # permessage-deflate: off by default (3x the memory per connection; see bench/README.md)
+    websocket_compression: bool = False
 
     # Logging: LOG_FILE="" turns the file off (containers log to stderr only).
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -13,6 +13,7 @@ if __name__ == "__main__" and not __package__:  # run as a script: make `apps.ap
 from apps.api.app import create_app
 from apps.api.config import get_settings
 from apps.api.logging_setup import configure_logging
+from apps.api.websocket.uvicorn_protocol import WEBSOCKET_PROTOCOL
 
 
 def run() -> None:
@@ -25,6 +26,8 @@ def run() -> None:
         "port": settings.port,
         "log_config": None,
         "timeout_graceful_shutdown": settings.shutdown_timeout_seconds,
+        "ws": WEBSOCKET_PROTOCOL,
+        "ws_per_message_deflate": settings.websocket_compression,
     }
     if settings.workers > 1:
         uvicorn.run("apps.api.main:app", workers=settings.workers, **options)  # type: ignore[arg-type]

@@ -110,7 +110,7 @@ class Broadcaster:
 
     async def publish(self, event: Event, rooms: list[str]) -> Event:
         """Send an already-built event to ``rooms``. The typed methods below call this."""
-        await self._transport().emit(event.type.value, event.wire(), rooms=rooms)
+        await self._transport().emit(event, rooms=rooms)
         logger.debug("sent %s %s to %s", event.type.value, event.id, rooms)
         return event
 
@@ -119,7 +119,7 @@ class Broadcaster:
         source = arguments.get("source") or DEFAULT_SOURCES[event_type.value.split(".")[0]]
         try:
             data = PAYLOADS[event_type].model_validate(fields)
-            event = Event(type=event_type, source=source, data=data)
+            event = Event.of(event_type, source, data)
         except ValidationError as exc:
             raise EventValidationError(event_type, exc) from None
         self._transport()  # before the workflow directory is used: it may be Redis's

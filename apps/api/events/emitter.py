@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
+
+from apps.api.websocket.models import Event
 
 
 class DeliveryError(RuntimeError):
@@ -11,8 +13,8 @@ class DeliveryError(RuntimeError):
 
 
 class Emitter(Protocol):
-    async def emit(self, event: str, data: dict[str, Any], *, rooms: list[str]) -> None:
-        """Send ``data`` as ``event`` to every connection in any of ``rooms``, once each.
+    async def emit(self, event: Event, *, rooms: list[str]) -> None:
+        """Send ``event`` to every connection in any of ``rooms``, once each.
 
         Raises :class:`DeliveryError` when it cannot."""
         ...

@@ -169,7 +169,7 @@ async def test_a_stored_change_whose_event_cannot_be_delivered_says_so(http, tok
     from apps.api.events.broadcaster import DeliveryError, get_broadcaster
 
     class RedisDown:
-        async def emit(self, event: str, data: dict, *, rooms: list[str]) -> None:
+        async def emit(self, event: object, *, rooms: list[str]) -> None:
             raise DeliveryError("could not publish to Redis at redis://example:6379: ConnectionError")
 
     project = (await http.post("/api/v1/projects", json={"name": "Eta"}, headers=bearer(token))).json()

@@ -6,12 +6,13 @@ timestamps ISO 8601 UTC (``2024-11-08T10:30:00Z``); :meth:`Event.wire` gives tha
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
-from uuid import UUID, uuid4
+from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, model_validator
 
 PROTOCOL_VERSION = "1.0"
 
@@ -43,6 +44,12 @@ def _utc(value: datetime) -> datetime:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def new_event_id() -> str:
+    """A random (version 4) UUID. Event ids identify, they protect nothing: drawn from ``random``
+    (seeded from the OS once) rather than ``os.urandom`` per id, which costs a system call."""
+    return str(UUID(int=random.getrandbits(128), version=4))
 
 
 #: A timestamp, stored in UTC (naive values are taken as UTC).
@@ -291,17 +298,30 @@ PAYLOADS: dict[EventType, type[Payload]] = {
 }
 
 
+_SOURCE: TypeAdapter[str] = TypeAdapter(Name)
+
+
 class Event(BaseModel):
     """The envelope every server event travels in: ``{id, type, timestamp, source, data}``."""
 
     model_config = ConfigDict(frozen=True)
 
-    id: str = Field(default_factory=lambda: str(uuid4()))
+    id: str = Field(default_factory=new_event_id)
     type: EventType
     timestamp: UtcDatetime = Field(default_factory=utc_now)
     source: Name
     data: Payload
 
+    @classmethod
+    def of(cls, type: EventType, source: str, data: Payload) -> Event:
+        """A new event around an already validated payload (no second validation pass)."""
+        source = _SOURCE.validate_python(source)
+        return cls.model_construct(id=new_event_id(), type=type, timestamp=utc_now(), source=source, data=data)
+
     def wire(self) -> dict[str, Any]:
         """The JSON-ready dict sent to clients (UUIDs and datetimes already strings)."""
         return self.model_dump(mode="json", serialize_as_any=True)
+
+    def wire_json(self) -> str:
+        """:meth:`wire` as JSON text, in one step."""
+        return self.model_dump_json(serialize_as_any=True)

@@ -6,7 +6,8 @@ else (the wire format stays python-socketio's, so any python-socketio emitter in
 
 - a publish that fails raises :class:`RedisUnavailable` within ``timeout`` seconds;
 - the subscription is retried with a backoff capped at ``max_backoff`` seconds;
-- ``listening`` says whether the subscription is live, for readiness checks.
+- ``listening`` says whether the subscription is live, for readiness checks;
+- local delivery goes through :func:`~apps.api.websocket.manager.deliver_locally`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import socketio
 from redis import asyncio as aioredis
 
 from apps.api.events.emitter import DeliveryError
+from apps.api.websocket.manager import deliver_locally
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +83,25 @@ class ResilientRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
             raise RedisUnavailable(
                 f"could not publish to Redis at {redacted(self.redis_url)}: {type(exc).__name__}"
             ) from None
+
+    async def _handle_emit(self, message: dict[str, Any]) -> None:
+        """Deliver to this instance's clients (a message from Redis, or this instance's own emit)
+        through :func:`deliver_locally`; acks and binary data take python-socketio's path."""
+        if message.get("callback") is None and not message.get("binary"):
+            data = message["data"]
+            if isinstance(data, list):
+                data = data[0] if len(data) == 1 else tuple(data)
+            delivered = await deliver_locally(
+                self,
+                message["event"],
+                data,
+                message.get("namespace") or "/",
+                message.get("room"),
+                message.get("skip_sid"),
+            )
+            if delivered:
+                return
+        await super()._handle_emit(message)
 
     async def ping(self) -> bool:
         try:

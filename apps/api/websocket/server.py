@@ -16,6 +16,9 @@ import socketio
 
 from apps.api.config import Settings
 from apps.api.events.workflow_routes import RedisWorkflowRoutes
+from apps.api.websocket.engine import EngineServer
+from apps.api.websocket.manager import LocalManager
+from apps.api.websocket.models import Event
 from apps.api.websocket.protocol import NAMESPACE, SOCKETIO_PATH
 from apps.api.websocket.redis_manager import ResilientRedisManager
 
@@ -25,8 +28,12 @@ logger = logging.getLogger(__name__)
 
 
 class EventServer(socketio.AsyncServer):  # type: ignore[misc]
-    """python-socketio's server, closing a connection that sends a packet it cannot decode
-    (as the Node server does) with one warning line, instead of logging a traceback per packet."""
+    """python-socketio's server on :class:`~apps.api.websocket.engine.EngineServer`, closing a
+    connection that sends a packet it cannot decode (as the Node server does) with one warning
+    line, instead of logging a traceback per packet."""
+
+    def _engineio_server_class(self) -> type:
+        return EngineServer
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         try:
@@ -67,7 +74,7 @@ def create_redis_manager(settings: Settings, *, write_only: bool = False) -> Res
 def create_server(settings: Settings) -> socketio.AsyncServer:
     """The Socket.IO server: alone in memory, or sharing rooms' events through Redis."""
     origins: str | list[str] = "*" if settings.cors_origins == ["*"] else settings.cors_origins
-    manager = create_redis_manager(settings) if settings.redis_url else None
+    manager = create_redis_manager(settings) if settings.redis_url else LocalManager()
     return EventServer(
         client_manager=manager,
         async_mode="asgi",
@@ -88,9 +95,14 @@ class SocketIOEmitter:
 
     def __init__(self, target: socketio.AsyncServer | socketio.AsyncManager) -> None:
         self._target = target
+        manager = getattr(target, "manager", target)
+        self._local = manager if isinstance(manager, LocalManager) else None
 
-    async def emit(self, event: str, data: dict[str, Any], *, rooms: list[str]) -> None:
-        await self._target.emit(event, data, to=rooms, namespace=NAMESPACE)
+    async def emit(self, event: Event, *, rooms: list[str]) -> None:
+        if self._local is not None:  # one instance: the envelope goes out as JSON made in one step
+            await self._local.emit_json(event.type.value, event.wire_json(), NAMESPACE, rooms)
+        else:
+            await self._target.emit(event.type.value, event.wire(), to=rooms, namespace=NAMESPACE)
 
 
 def create_publisher(settings: Settings) -> tuple[SocketIOEmitter, RedisWorkflowRoutes]:

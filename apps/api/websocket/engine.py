@@ -1,0 +1,113 @@
+"""Engine.IO tuned for fan-out: python-engineio's server with three changes on the send path.
+
+Everything on the wire stays python-engineio's (pinned in requirements.txt); what changes is how
+a packet travels from an emit to a WebSocket:
+
+- :class:`FastSocket` queues a packet without a coroutine call (``send_nowait``), and its
+  WebSocket writer waits for the next packet without ``asyncio.wait_for`` (which, on Python 3.11,
+  creates a Task per wake-up). The reader side still drops a silent client after
+  ``ping_interval + ping_timeout`` and wakes the writer to exit.
+- :class:`FramedStr` is a packet's text with its WebSocket frame built once, so an emit to N
+  clients frames the message once instead of N times.
+- :class:`FramedWebSocket` hands that frame to the ASGI server under the ``ext.frame`` key of the
+  ``websocket.send`` message. The service's own uvicorn protocol
+  (:mod:`apps.api.websocket.uvicorn_protocol`) writes it as is; any other ASGI server ignores the
+  unknown key and sends the ``text`` as usual.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from typing import Any
+
+import engineio
+from engineio import exceptions as eio_exceptions
+from engineio.async_drivers import asgi as eio_asgi
+from engineio.async_socket import AsyncSocket
+
+FRAME_KEY = "ext.frame"
+
+
+class FramedStr(str):
+    """A text message, and its unmasked, final, text WebSocket frame (RFC 6455 5.2)."""
+
+    __slots__ = ("frame",)
+    frame: bytes
+
+    @classmethod
+    def of(cls, text: str) -> FramedStr:
+        framed = cls(text)
+        payload = text.encode("utf-8")
+        length = len(payload)
+        if length < 126:
+            header = struct.pack("!BB", 0x81, length)
+        elif length < 65536:
+            header = struct.pack("!BBH", 0x81, 126, length)
+        else:
+            header = struct.pack("!BBQ", 0x81, 127, length)
+        framed.frame = header + payload
+        return framed
+
+
+class FastSocket(AsyncSocket):  # type: ignore[misc]
+    def send_nowait(self, pkt: Any) -> None:
+        """Queue ``pkt`` for this client (what ``send`` does, without a coroutine)."""
+        if self.closed:
+            return
+        last_ping = self.last_ping
+        if last_ping and time.time() - last_ping > self.server.ping_timeout:
+            # the client stopped answering pings: let the stock path close it
+            self.server.start_background_task(self.check_ping_timeout)
+            return
+        self.queue.put_nowait(pkt)
+
+    async def send(self, pkt: Any) -> None:
+        self.send_nowait(pkt)
+
+    async def poll(self) -> list[Any]:
+        if not self.upgraded:  # long-polling: the GET must end after ping_interval + ping_timeout
+            packets: list[Any] = await super().poll()
+            return packets
+        # WebSocket writer: no timeout needed here; the reader times out a silent client and
+        # then queues None, which ends the writer.
+        first = await self.queue.get()
+        self.queue.task_done()
+        if first is None:
+            return []
+        packets = [first]
+        while not self.queue.empty():
+            pkt = self.queue.get_nowait()
+            self.queue.task_done()
+            if pkt is None:
+                self.queue.put_nowait(None)
+                break
+            packets.append(pkt)
+        return packets
+
+
+class FramedWebSocket(eio_asgi.WebSocket):  # type: ignore[misc]
+    async def send(self, message: Any) -> None:
+        if isinstance(message, FramedStr):
+            await self.asgi_send({"type": "websocket.send", "text": message, FRAME_KEY: message.frame})
+        else:
+            await super().send(message)
+
+
+class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
+    """python-engineio's ASGI server, using :class:`FastSocket` and :class:`FramedWebSocket`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._async: dict[str, Any] = {**self._async, "websocket": FramedWebSocket}
+
+    async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
+        if event == "connect":
+            # The socket exists and its transport has not started: give it the fast send path.
+            socket = self.sockets.get(args[0])
+            if socket is not None and type(socket) is AsyncSocket:
+                socket.__class__ = FastSocket
+        return await super()._trigger_event(event, *args, **kwargs)
+
+
+__all__ = ["FRAME_KEY", "EngineServer", "FastSocket", "FramedStr", "FramedWebSocket", "eio_exceptions"]
