@@ -97,9 +97,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_weak_secret_in_production(self) -> Settings:
+        secret = self.jwt_secret_key.get_secret_value()
+        if not secret.strip():
+            raise ValueError("JWT_SECRET_KEY is empty: set it (or unset it for the development default)")
         if self.environment != "production":
             return self
-        secret = self.jwt_secret_key.get_secret_value()
         if secret == DEFAULT_JWT_SECRET:
             raise ValueError(
                 "JWT_SECRET_KEY is the default 'your-secret-key'; refusing to start with "

@@ -28,6 +28,7 @@ def run() -> None:
         "timeout_graceful_shutdown": settings.shutdown_timeout_seconds,
         "ws": WEBSOCKET_PROTOCOL,
         "ws_per_message_deflate": settings.websocket_compression,
+        "ws_ping_interval": None,  # Engine.IO's heartbeat already watches every connection
     }
     if settings.workers > 1:
         uvicorn.run("apps.api.main:app", workers=settings.workers, **options)  # type: ignore[arg-type]

@@ -94,6 +94,7 @@ async def serve_in_process(app: Any) -> AsyncIterator[RunningServer]:
         timeout_graceful_shutdown=2,
         ws=WEBSOCKET_PROTOCOL,  # as apps/api/main.py runs it
         ws_per_message_deflate=False,
+        ws_ping_interval=None,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -233,13 +234,7 @@ class WsClient:
         return self.sio.get_sid(NAMESPACE)
 
     async def close(self) -> None:
-        if not self.sio.connected:
-            return
-        if self.sio.transport() == "polling":
-            # python-engineio's server leaves a pending long-poll GET open after the client's
-            # CLOSE packet (until ping_interval + ping_timeout); don't wait for it.
-            await self.sio.eio.disconnect(abort=True)
-        else:
+        if self.sio.connected:
             await self.sio.disconnect()
 
 

@@ -78,3 +78,9 @@ def test_redis_url_must_be_a_redis_url(monkeypatch, url):
 def test_redis_url_forms(monkeypatch):
     for url in ("redis://redis:6379/0", "rediss://:pw@redis.example:6380", "unix:///run/redis.sock"):
         assert settings(monkeypatch, REDIS_URL=url).redis_url == url
+
+
+def test_an_empty_secret_is_refused_everywhere(monkeypatch):
+    for environment in ("development", "production"):
+        with pytest.raises(ValidationError, match="JWT_SECRET_KEY is empty"):
+            settings(monkeypatch, ENVIRONMENT=environment, JWT_SECRET_KEY="")

@@ -17,12 +17,14 @@ a packet travels from an emit to a WebSocket:
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import time
 from typing import Any
 
 import engineio
 from engineio import exceptions as eio_exceptions
+from engineio import packet as eio_packet
 from engineio.async_drivers import asgi as eio_asgi
 from engineio.async_socket import AsyncSocket
 
@@ -51,6 +53,8 @@ class FramedStr(str):
 
 
 class FastSocket(AsyncSocket):  # type: ignore[misc]
+    last_ping: float | None
+
     def send_nowait(self, pkt: Any) -> None:
         """Queue ``pkt`` for this client (what ``send`` does, without a coroutine)."""
         if self.closed:
@@ -64,6 +68,24 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
 
     async def send(self, pkt: Any) -> None:
         self.send_nowait(pkt)
+
+    def schedule_ping(self) -> None:
+        # python-engineio starts a Task that sleeps ping_interval per connection; a timer does the
+        # same with a fraction of the memory.
+        if self.last_ping:
+            self.last_ping = None
+            asyncio.get_running_loop().call_later(self.server.ping_interval, self._ping_now)
+
+    def _ping_now(self) -> None:
+        if not self.closing and not self.closed:
+            self.last_ping = time.time()
+            self.send_nowait(eio_packet.Packet(eio_packet.PING))
+
+    async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        await super().close(wait=wait, abort=abort, reason=reason)
+        # python-engineio leaves a pending long-poll GET (or the WebSocket writer) waiting until its
+        # timeout after a close: wake it now.
+        self.queue.put_nowait(None)
 
     async def poll(self) -> list[Any]:
         if not self.upgraded:  # long-polling: the GET must end after ping_interval + ping_timeout

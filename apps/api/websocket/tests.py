@@ -16,7 +16,15 @@ from uuid import UUID, uuid4
 import pytest
 
 from apps.api.events.broadcaster import get_broadcaster
-from apps.api.tests.support import ConnectRefused, RunningServer, create_project, eventually, make_token, marker
+from apps.api.tests.support import (
+    ConnectRefused,
+    RunningServer,
+    WsClient,
+    create_project,
+    eventually,
+    make_token,
+    marker,
+)
 
 PROJECT = "550e8400-e29b-41d4-a716-446655440000"
 
@@ -403,3 +411,14 @@ async def test_a_client_that_stops_reading_never_delays_the_others(server: Runni
         names = [(await fast.expect("agent.status_changed"))["data"]["agent_name"] for _ in range(count)]
         assert names == [str(i) for i in range(count)]
         assert (await fast.call("ping"))["status"] == "pong"
+
+
+async def test_closing_a_long_polling_session_answers_its_pending_poll(server: RunningServer, token):
+    """A client's CLOSE ends its pending long-poll GET at once (python-engineio alone leaves it
+    open for ping_interval + ping_timeout, which also holds up a graceful shutdown)."""
+    client = WsClient(server.url)
+    await client.connect(token, transports=["polling"])
+    await client.expect("connection_established")
+    # python-socketio's client waits for its outstanding GET to be answered before it returns
+    await asyncio.wait_for(client.sio.disconnect(), 5)
+    assert not client.sio.connected
