@@ -107,3 +107,69 @@ def test_out_of_range_values_are_refused(model, fields, where):
 def test_unknown_payload_fields_are_refused():
     with pytest.raises(ValidationError):
         ProjectUpdatedData.model_validate({**CARD_EXAMPLE["data"], "projet_name": "typo"})
+
+
+def test_wire_json_is_wire_for_every_event_type():
+    from apps.api.tests.test_broadcaster import issue_fields, pr_fields
+
+    project = "550e8400-e29b-41d4-a716-446655440000"
+    samples = {
+        "project.updated": CARD_EXAMPLE["data"],
+        "project.deleted": {"project_id": project, "deleted_by": project},
+        "agent.status_changed": {"agent_id": project, "agent_name": 'A"é\n', "status": "idle", "availability": 5.5},
+        "agent.connected": {"agent_id": project, "agent_name": "A", "capabilities": ["x"]},
+        "agent.disconnected": {"agent_id": project, "agent_name": "A"},
+        "workflow.started": {"workflow_id": project},
+        "workflow.progress": {
+            "workflow_id": project,
+            "status": "running",
+            "progress": 50,
+            "current_step": "s",
+            "total_steps": 2,
+            "logs": ["l"],
+        },
+        "workflow.completed": {"workflow_id": project, "result": {"k": [1, None, True]}},
+        "workflow.failed": {"workflow_id": project, "error": "e"},
+        "pr.created": pr_fields(project),
+        "pr.updated": {**pr_fields(project), "changes": {"a": 1}},
+        "pr.closed": {**pr_fields(project), "status": "merged"},
+        "issue.created": issue_fields(project),
+        "issue.updated": issue_fields(project),
+        "issue.closed": issue_fields(project),
+        "ai.suggestion": {
+            "suggestion_id": project,
+            "target_type": "pr",
+            "target_id": "1",
+            "category": "security",
+            "title": "t",
+            "description": "d",
+            "severity": "info",
+            "confidence": 0.5,
+        },
+        "ai.analysis_complete": {"analysis_id": project, "target_type": "code", "target_id": "x", "summary": "s"},
+        "connection_established": {"connection_id": "c", "user_id": project, "rooms": ["global"], "instance_id": "i"},
+    }
+    assert set(samples) == {t.value for t in EventType}
+    for name, fields in samples.items():
+        kind = EventType(name)
+        data = PAYLOADS[kind].model_validate(fields)
+        for stamp in (datetime(2024, 11, 8, 10, 30, tzinfo=UTC), datetime(2024, 11, 8, 10, 30, 0, 5, tzinfo=UTC)):
+            event = Event(type=kind, source='svc "q"', data=data, timestamp=stamp)
+            assert json.loads(event.wire_json()) == event.wire(), name
+        built = Event.of(kind, "svc", data)
+        assert json.loads(built.wire_json()) == built.wire()
+
+
+def test_event_ids_are_version_4_uuids_and_unique():
+    ids = {
+        Event.of(
+            EventType.AGENT_CONNECTED,
+            "s",
+            PAYLOADS[EventType.AGENT_CONNECTED].model_validate({"agent_id": str(UUID(int=1)), "agent_name": "a"}),
+        ).id
+        for _ in range(2000)
+    }
+    assert len(ids) == 2000
+    for text in list(ids)[:50]:
+        parsed = UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, "specified in RFC 4122", text)

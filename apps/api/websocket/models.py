@@ -6,6 +6,7 @@ timestamps ISO 8601 UTC (``2024-11-08T10:30:00Z``); :meth:`Event.wire` gives tha
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -46,10 +47,16 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
 def new_event_id() -> str:
-    """A random (version 4) UUID. Event ids identify, they protect nothing: drawn from ``random``
-    (seeded from the OS once) rather than ``os.urandom`` per id, which costs a system call."""
-    return str(UUID(int=random.getrandbits(128), version=4))
+    """A random (version 4) UUID as text. Event ids identify, they protect nothing: drawn from
+    ``random`` (seeded from the OS once) rather than ``os.urandom`` per id, which costs a system
+    call."""
+    h = "%032x" % ((random.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 #: A timestamp, stored in UTC (naive values are taken as UTC).
@@ -323,5 +330,10 @@ class Event(BaseModel):
         return self.model_dump(mode="json", serialize_as_any=True)
 
     def wire_json(self) -> str:
-        """:meth:`wire` as JSON text, in one step."""
-        return self.model_dump_json(serialize_as_any=True)
+        """:meth:`wire` as JSON text. The payload is serialised by its own (concrete) model, which
+        pydantic does several times faster than through the envelope's ``Payload`` field."""
+        timestamp = self.timestamp.isoformat().replace("+00:00", "Z")
+        return (
+            f'{{"id":{json.dumps(self.id)},"type":"{self.type.value}","timestamp":"{timestamp}",'
+            f'"source":{json.dumps(self.source)},"data":{self.data.model_dump_json()}}}'
+        )
