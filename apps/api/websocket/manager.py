@@ -61,6 +61,14 @@ async def deliver_locally(
     return True
 
 
+async def deliver_packet(manager: socketio.AsyncManager, encoded: str, namespace: str, room: Any) -> None:
+    """Queue the already encoded Socket.IO packet for this process's clients in ``room``."""
+    if namespace not in manager.rooms:
+        return
+    for socket, pkt in _deliver(manager, encoded, namespace, room, None):
+        await socket.send(pkt)
+
+
 def event_packet(namespace: str, event: str, json_args: str) -> str:
     """The Socket.IO EVENT packet text for ``event`` with one argument given as JSON text."""
     prefix = "2" if namespace == "/" else f"2{namespace},"
@@ -72,10 +80,7 @@ class LocalManager(socketio.AsyncManager):  # type: ignore[misc]
 
     async def emit_json(self, event: str, json_args: str, namespace: str, room: Any) -> None:
         """Emit ``event`` whose one argument is already JSON text (the broadcaster's envelope)."""
-        if namespace not in self.rooms:
-            return
-        for socket, pkt in _deliver(self, event_packet(namespace, event, json_args), namespace, room, None):
-            await socket.send(pkt)
+        await deliver_packet(self, event_packet(namespace, event, json_args), namespace, room)
 
     async def emit(
         self,

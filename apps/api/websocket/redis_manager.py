@@ -22,7 +22,11 @@ import socketio
 from redis import asyncio as aioredis
 
 from apps.api.events.emitter import DeliveryError
-from apps.api.websocket.manager import deliver_locally
+from apps.api.websocket.manager import deliver_locally, deliver_packet, event_packet
+
+#: Our message on the channel: an EVENT packet already encoded, so no instance encodes it again.
+#: python-socketio instances that do not know it ignore it (they only read "emit", ...).
+EMIT_PACKET = "emit_packet"
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +87,27 @@ class ResilientRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
             raise RedisUnavailable(
                 f"could not publish to Redis at {redacted(self.redis_url)}: {type(exc).__name__}"
             ) from None
+
+    async def emit_json(self, event: str, json_args: str, namespace: str, room: Any) -> None:
+        """Emit ``event`` (one argument, already JSON text) to ``room`` on every instance: this
+        one's clients directly, the others' through one Redis message carrying the encoded packet."""
+        encoded = event_packet(namespace, event, json_args)
+        if not self.write_only:
+            await deliver_packet(self, encoded, namespace, room)
+        message = {"method": EMIT_PACKET, "packet": encoded, "namespace": namespace, "room": room}
+        await self._publish({**message, "host_id": self.host_id})
+
+    async def _listen(self) -> AsyncIterator[Any]:
+        async for raw in super()._listen():
+            try:
+                message = self.json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(message, dict) and message.get("method") == EMIT_PACKET:
+                if message.get("host_id") != self.host_id and isinstance(message.get("packet"), str):
+                    await deliver_packet(self, message["packet"], message.get("namespace") or "/", message.get("room"))
+                continue
+            yield message
 
     async def _handle_emit(self, message: dict[str, Any]) -> None:
         """Deliver to this instance's clients (a message from Redis, or this instance's own emit)

@@ -94,15 +94,11 @@ class SocketIOEmitter:
     a write-only Redis manager in one that does not (a worker, a script)."""
 
     def __init__(self, target: socketio.AsyncServer | socketio.AsyncManager) -> None:
-        self._target = target
-        manager = getattr(target, "manager", target)
-        self._local = manager if isinstance(manager, LocalManager) else None
+        self._manager: LocalManager | ResilientRedisManager = getattr(target, "manager", target)
 
     async def emit(self, event: Event, *, rooms: list[str]) -> None:
-        if self._local is not None:  # one instance: the envelope goes out as JSON made in one step
-            await self._local.emit_json(event.type.value, event.wire_json(), NAMESPACE, rooms)
-        else:
-            await self._target.emit(event.type.value, event.wire(), to=rooms, namespace=NAMESPACE)
+        # The envelope is serialised once, as JSON, and framed once for every recipient.
+        await self._manager.emit_json(event.type.value, event.wire_json(), NAMESPACE, rooms)
 
 
 def create_publisher(settings: Settings) -> tuple[SocketIOEmitter, RedisWorkflowRoutes]:
