@@ -10,7 +10,7 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from apps.api.events.broadcaster import get_broadcaster
-from apps.api.tests.support import make_token
+from apps.api.tests.support import REPO_ROOT, make_token
 from apps.api.websocket.engine import FramedStr
 from apps.api.websocket.manager import event_packet
 
@@ -53,3 +53,18 @@ async def test_events_of_every_frame_size_arrive_intact_and_in_order(connect, si
     for i in range(3):
         data = (await client.expect("agent.status_changed"))["data"]
         assert (data["agent_name"], data["current_task"]) == (str(i), "é" * size)
+
+
+def test_the_fast_path_runs_on_the_versions_it_was_built_for():
+    """engine.py, manager.py and uvicorn_protocol.py extend internals of these exact versions
+    (requirements.txt pins them). Upgrading one means reading those modules again first."""
+    from importlib.metadata import version
+
+    pinned = {
+        line.split("==")[0].split("[")[0]: line.split("==")[1].strip()
+        for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
+    for package in ("python-socketio", "python-engineio", "uvicorn", "websockets"):
+        assert package in pinned, f"{package} must be pinned in requirements.txt"
+        assert version(package) == pinned[package], f"{package} {version(package)} is not the pinned {pinned[package]}"
