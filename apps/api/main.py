@@ -13,7 +13,7 @@ if __name__ == "__main__" and not __package__:  # run as a script: make `apps.ap
 from apps.api.app import create_app
 from apps.api.config import get_settings
 from apps.api.logging_setup import configure_logging
-from apps.api.websocket.uvicorn_protocol import WEBSOCKET_PROTOCOL
+from apps.api.serving import uvicorn_options
 
 
 def run() -> None:
@@ -21,19 +21,11 @@ def run() -> None:
 
     settings = get_settings()
     configure_logging(settings)  # the parent process's lines too (with WORKERS > 1 it serves nothing)
-    options = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_config": None,
-        "timeout_graceful_shutdown": settings.shutdown_timeout_seconds,
-        "ws": WEBSOCKET_PROTOCOL,
-        "ws_per_message_deflate": settings.websocket_compression,
-        "ws_ping_interval": None,  # Engine.IO's heartbeat already watches every connection
-    }
+    options = uvicorn_options(settings)
     if settings.workers > 1:
-        uvicorn.run("apps.api.main:app", workers=settings.workers, **options)  # type: ignore[arg-type]
+        uvicorn.run("apps.api.main:app", workers=settings.workers, **options)
     else:
-        uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
+        uvicorn.run(create_app(settings), **options)
 
 
 if __name__ == "__main__":

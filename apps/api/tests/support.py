@@ -23,7 +23,7 @@ import uvicorn
 
 from apps.api.config import Settings
 from apps.api.events.broadcaster import get_broadcaster
-from apps.api.websocket.uvicorn_protocol import WEBSOCKET_PROTOCOL
+from apps.api.serving import uvicorn_options
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 TEST_SECRET = "test-secret-" + "0123456789abcdef" * 4
@@ -87,15 +87,10 @@ async def serve_in_process(app: Any) -> AsyncIterator[RunningServer]:
     listening before the server starts, so clients can connect at once."""
     sock = bound_socket()
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app,
-        lifespan="on",
-        log_config=None,
-        timeout_graceful_shutdown=2,
-        ws=WEBSOCKET_PROTOCOL,  # as apps/api/main.py runs it
-        ws_per_message_deflate=False,
-        ws_ping_interval=None,
-    )
+    options = {**uvicorn_options(test_settings()), "timeout_graceful_shutdown": 2}  # as apps/api/main.py runs it
+    for bound_elsewhere in ("host", "port"):
+        options.pop(bound_elsewhere)
+    config = uvicorn.Config(app, lifespan="on", **options)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
