@@ -75,7 +75,46 @@ def event_packet(namespace: str, event: str, json_args: str) -> str:
     return f"{prefix}[{json.dumps(event)},{json_args}]"
 
 
-class LocalManager(socketio.AsyncManager):  # type: ignore[misc]
+class RoomIndex:
+    """Keeps the rooms of each connection, so that listing them and leaving them all on disconnect
+    cost that connection's rooms. python-socketio scans every room of the namespace for both,
+    which makes connecting and disconnecting N clients O(N^2)."""
+
+    rooms: dict[Any, dict[Any, Any]]
+    callbacks: dict[str, Any]
+    pending_connect: dict[str, list[str]]
+    pending_disconnect: dict[str, list[str]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rooms_of: dict[tuple[str, str], set[Any]] = {}
+
+    def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)  # type: ignore[misc]
+        self._rooms_of.setdefault((namespace, sid), set()).add(room)
+
+    def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
+        super().basic_leave_room(sid, namespace, room)  # type: ignore[misc]
+        joined = self._rooms_of.get((namespace, sid))
+        if joined is not None:
+            joined.discard(room)
+
+    def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+        for room in self._rooms_of.pop((namespace, sid), set()):
+            super().basic_leave_room(sid, namespace, room)  # type: ignore[misc]
+        # the rest is python-socketio's BaseManager.basic_disconnect
+        self.callbacks.pop(sid, None)
+        for pending in (self.pending_connect, self.pending_disconnect):
+            if sid in pending.get(namespace, ()):
+                pending[namespace].remove(sid)
+                if not pending[namespace]:
+                    del pending[namespace]
+
+    def get_rooms(self, sid: str, namespace: str) -> list[Any]:
+        return [room for room in self._rooms_of.get((namespace, sid), ()) if room is not None]
+
+
+class LocalManager(RoomIndex, socketio.AsyncManager):  # type: ignore[misc]
     """The client manager of a single instance: python-socketio's, with :func:`deliver_locally`."""
 
     async def emit_json(self, event: str, json_args: str, namespace: str, room: Any) -> None:

@@ -22,7 +22,7 @@ import socketio
 from redis import asyncio as aioredis
 
 from apps.api.events.emitter import DeliveryError
-from apps.api.websocket.manager import deliver_locally, deliver_packet, event_packet
+from apps.api.websocket.manager import RoomIndex, deliver_locally, deliver_packet, event_packet
 
 #: Our message on the channel: an EVENT packet already encoded, so no instance encodes it again.
 #: python-socketio instances that do not know it ignore it (they only read "emit", ...).
@@ -46,7 +46,7 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
-class ResilientRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
+class ResilientRedisManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc]
     def __init__(
         self,
         url: str,

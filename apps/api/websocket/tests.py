@@ -422,3 +422,23 @@ async def test_closing_a_long_polling_session_answers_its_pending_poll(server: R
     # python-socketio's client waits for its outstanding GET to be answered before it returns
     await asyncio.wait_for(client.sio.disconnect(), 5)
     assert not client.sio.connected
+
+
+async def test_a_disconnected_client_leaves_no_trace_in_any_room(server: RunningServer, connect, http):
+    sio = server.app.app.other_asgi_app.state.sio  # PathAliases -> socketio.ASGIApp -> FastAPI
+    client = await connect(make_token())
+    sid = client.sid
+    agents = [uuid4() for _ in range(3)]
+    for agent in agents:
+        await client.call("subscribe", {"room": f"agent:{agent}"})
+    await client.call("unsubscribe", {"room": f"agent:{agents[0]}"})
+    rooms = set((await client.call("debug:rooms"))["rooms"])
+    assert {f"agent:{a}" for a in agents[1:]} <= rooms and f"agent:{agents[0]}" not in rooms
+    await client.close()
+
+    async def gone() -> bool:
+        return all(sid not in members for members in sio.manager.rooms.get("/ws", {}).values())
+
+    await eventually(gone, what="the connection leaving its rooms")
+    assert sio.manager.get_rooms(sid, "/ws") == []
+    assert f"agent:{agents[1]}" not in sio.manager.rooms.get("/ws", {})  # emptied rooms are dropped
