@@ -23,6 +23,26 @@ class Project:
     updated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
+def new_project(
+    *,
+    name: str,
+    owner_id: UUID,
+    status: str = "active",
+    description: str | None = None,
+    repository_url: str | None = None,
+) -> Project:
+    """A new project, with a new id; its owner is its first member."""
+    return Project(
+        id=uuid4(),
+        name=name,
+        owner_id=owner_id,
+        status=status,
+        description=description,
+        repository_url=repository_url,
+        members=frozenset({owner_id}),
+    )
+
+
 #: Fields a caller may change with :meth:`ProjectStore.update`.
 EDITABLE_FIELDS = ("name", "status", "description", "repository_url")
 
@@ -59,24 +79,8 @@ class InMemoryProjectStore:
     def __init__(self) -> None:
         self._projects: dict[UUID, Project] = {}
 
-    async def create(
-        self,
-        *,
-        name: str,
-        owner_id: UUID,
-        status: str = "active",
-        description: str | None = None,
-        repository_url: str | None = None,
-    ) -> Project:
-        project = Project(
-            id=uuid4(),
-            name=name,
-            owner_id=owner_id,
-            status=status,
-            description=description,
-            repository_url=repository_url,
-            members=frozenset({owner_id}),
-        )
+    async def create(self, **fields: Any) -> Project:
+        project = new_project(**fields)
         self._projects[project.id] = project
         return project
 

@@ -11,11 +11,11 @@ import json
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from redis import asyncio as aioredis
 
-from apps.api.stores.projects import EDITABLE_FIELDS, Project
+from apps.api.stores.projects import EDITABLE_FIELDS, Project, new_project
 
 
 class RedisProjectStore:
@@ -52,28 +52,12 @@ class RedisProjectStore:
             updated_at=datetime.fromisoformat(data["updated_at"]),
         )
 
-    async def create(
-        self,
-        *,
-        name: str,
-        owner_id: UUID,
-        status: str = "active",
-        description: str | None = None,
-        repository_url: str | None = None,
-    ) -> Project:
-        project = Project(
-            id=uuid4(),
-            name=name,
-            owner_id=owner_id,
-            status=status,
-            description=description,
-            repository_url=repository_url,
-            members=frozenset({owner_id}),
-        )
+    async def create(self, **fields: Any) -> Project:
+        project = new_project(**fields)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(self._key(project.id), self._dump(project))
-            pipe.sadd(self._members_key(project.id), str(owner_id))
-            pipe.sadd(self._user_key(owner_id), str(project.id))
+            pipe.sadd(self._members_key(project.id), str(project.owner_id))
+            pipe.sadd(self._user_key(project.owner_id), str(project.id))
             await pipe.execute()
         return project
 
