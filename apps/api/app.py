@@ -17,6 +17,7 @@ from apps.api.events.broadcaster import get_broadcaster
 from apps.api.events.workflow_routes import RedisWorkflowRoutes, WorkflowDirectory, WorkflowRoutes
 from apps.api.logging_setup import configure_logging
 from apps.api.routes import health, projects, websocket_info
+from apps.api.serving import tune_garbage_collector
 from apps.api.stores.projects import InMemoryProjectStore, ProjectStore
 from apps.api.stores.redis_projects import RedisProjectStore
 from apps.api.websocket.auth import TokenVerifier
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None) -> Any:
         else:
             logger.info("websocket running as a single instance (REDIS_URL is not set)")
         get_broadcaster().attach(SocketIOEmitter(sio), workflow_routes=workflow_routes)
+        tune_garbage_collector()
         try:
             yield
         finally:
