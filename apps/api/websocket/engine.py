@@ -23,12 +23,13 @@ import time
 from typing import Any
 
 import engineio
-from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio.async_drivers import asgi as eio_asgi
 from engineio.async_socket import AsyncSocket
 
 FRAME_KEY = "ext.frame"
+#: Scope extension by which the service's uvicorn protocol offers a synchronous frame write.
+DIRECT_WRITE_KEY = "ext.frame.write_now"
 
 
 class FramedStr(str):
@@ -54,9 +55,14 @@ class FramedStr(str):
 
 class FastSocket(AsyncSocket):  # type: ignore[misc]
     last_ping: float | None
+    #: Writes a frame to the transport now, or answers False (set by :class:`FramedWebSocket`).
+    direct_write: Any = None
+    #: True while the WebSocket writer waits on an empty queue.
+    writer_idle = False
 
     def send_nowait(self, pkt: Any) -> None:
-        """Queue ``pkt`` for this client (what ``send`` does, without a coroutine)."""
+        """Send ``pkt`` to this client: straight to the transport when its writer is idle and
+        nothing is queued (so order is kept), else through the queue (what ``send`` does)."""
         if self.closed:
             return
         last_ping = self.last_ping
@@ -64,6 +70,10 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
             # the client stopped answering pings: let the stock path close it
             self.server.start_background_task(self.check_ping_timeout)
             return
+        if self.writer_idle and self.direct_write is not None and self.queue.empty():
+            encoded = pkt.encode_cache
+            if isinstance(encoded, FramedStr) and self.direct_write(encoded.frame):
+                return
         self.queue.put_nowait(pkt)
 
     async def send(self, pkt: Any) -> None:
@@ -93,7 +103,11 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
             return packets
         # WebSocket writer: no timeout needed here; the reader times out a silent client and
         # then queues None, which ends the writer.
-        first = await self.queue.get()
+        self.writer_idle = True
+        try:
+            first = await self.queue.get()
+        finally:
+            self.writer_idle = False
         self.queue.task_done()
         if first is None:
             return []
@@ -109,6 +123,13 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
 
 
 class FramedWebSocket(eio_asgi.WebSocket):  # type: ignore[misc]
+    async def __call__(self, environ: dict[str, Any]) -> Any:
+        write_now = environ.get("asgi.scope", {}).get("extensions", {}).get(DIRECT_WRITE_KEY)
+        socket = getattr(self.handler, "__self__", None)
+        if write_now is not None and isinstance(socket, FastSocket):
+            socket.direct_write = write_now
+        return await super().__call__(environ)
+
     async def send(self, message: Any) -> None:
         if isinstance(message, FramedStr):
             await self.asgi_send({"type": "websocket.send", "text": message, FRAME_KEY: message.frame})
@@ -130,6 +151,3 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
             if socket is not None and type(socket) is AsyncSocket:
                 socket.__class__ = FastSocket
         return await super()._trigger_event(event, *args, **kwargs)
-
-
-__all__ = ["FRAME_KEY", "EngineServer", "FastSocket", "FramedStr", "FramedWebSocket", "eio_exceptions"]
