@@ -68,3 +68,80 @@ def test_the_fast_path_runs_on_the_versions_it_was_built_for():
     for package in ("python-socketio", "python-engineio", "uvicorn", "websockets"):
         assert package in pinned, f"{package} must be pinned in requirements.txt"
         assert version(package) == pinned[package], f"{package} {version(package)} is not the pinned {pinned[package]}"
+
+
+async def test_a_client_that_falls_behind_still_gets_every_event_in_order(server, http):
+    """Frames go straight to the transport while it takes them and through the queue (with flow
+    control) once it is full; a client that reads nothing for a while, then everything, must see
+    one ordered stream."""
+    import asyncio
+    import json
+
+    import websockets
+
+    from apps.api.tests.support import eventually
+
+    agent = uuid4()
+    async with websockets.connect(f"ws://127.0.0.1:{server.port}/ws", max_queue=1, max_size=None) as raw:
+        await asyncio.wait_for(raw.recv(), 5)
+        await raw.send("40/ws," + json.dumps({"token": make_token()}))
+        assert (await asyncio.wait_for(raw.recv(), 5)).startswith("40/ws,")
+        await raw.send(f'42/ws,1["subscribe",{{"room":"agent:{agent}"}}]')
+        admin = {"Authorization": f"Bearer {make_token(roles=['admin'])}"}
+
+        async def joined() -> bool:
+            stats = (await http.get("/api/v1/websocket/stats", headers=admin)).json()
+            return stats["rooms"].get(f"agent:{agent}") == 1
+
+        await eventually(joined, what="the raw client joining the room")
+        count = 300
+        for i in range(count):  # ~15 MB: far past the socket buffers, so later frames queue
+            await get_broadcaster().broadcast_agent_status_changed(
+                agent_id=agent, agent_name=str(i), status="busy", availability=1, current_task="x" * 50_000
+            )
+        seen: list[int] = []
+
+        async def read_all() -> None:
+            while len(seen) < count:
+                frame = await raw.recv()
+                if frame.startswith('42/ws,["agent.status_changed"'):
+                    seen.append(int(json.loads(frame[len("42/ws,") :])[1]["data"]["agent_name"]))
+
+        await asyncio.wait_for(read_all(), 30)
+    assert seen == list(range(count))
+
+
+def test_direct_writes_only_when_nothing_is_queued_and_the_writer_waits():
+    import asyncio
+
+    from engineio import packet as eio_packet
+
+    from apps.api.websocket.engine import FastSocket
+
+    class Server:
+        ping_timeout = 20
+
+    written: list[bytes] = []
+    accept = [True]
+    socket = FastSocket.__new__(FastSocket)
+    socket.server, socket.closed, socket.last_ping = Server(), False, None
+    socket.queue = asyncio.Queue()
+    socket.direct_write = lambda frame: accept[0] and (written.append(frame) or True)
+
+    def packet(text: str) -> eio_packet.Packet:
+        pkt = eio_packet.Packet(eio_packet.MESSAGE, text)
+        pkt.encode_cache = FramedStr.of("4" + text)
+        return pkt
+
+    socket.writer_idle = False
+    socket.send_nowait(packet("a"))  # the writer is busy: queued
+    socket.writer_idle = True
+    socket.send_nowait(packet("b"))  # something is queued: queued behind it
+    assert (written, socket.queue.qsize()) == ([], 2)
+    socket.queue = asyncio.Queue()
+    socket.send_nowait(packet("c"))  # idle writer, empty queue: straight out
+    assert written == [FramedStr.of("4c").frame]
+    accept[0] = False
+    socket.send_nowait(packet("d"))  # the transport is full: queued
+    socket.send_nowait(eio_packet.Packet(eio_packet.PING))  # not pre-framed: queued
+    assert (len(written), socket.queue.qsize()) == (1, 2)
