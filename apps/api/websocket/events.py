@@ -93,6 +93,7 @@ class ClientEvents:
         except AuthError as exc:
             logger.warning("websocket connection refused sid=%s remote=%s reason=%s", sid, remote, exc.reason)
             raise socketio.exceptions.ConnectionRefusedError(exc.message, {"content": exc.as_dict()}) from None
+        _prune(environ)
         conn = self.connections.add(sid, principal, remote)
         rooms = auto_rooms(principal)
         for room in rooms:
@@ -206,6 +207,29 @@ def _room_field(data: object) -> object:
     if isinstance(data, str):  # emit("subscribe", "project:<id>") is forgiven
         return data
     return None
+
+
+#: What stays of a connection's WSGI-style environ once it is authenticated: what a later connect on
+#: the same Engine.IO session reads, and what python-engineio reads when the session ends. The rest
+#: (most request headers, WSGI keys) would otherwise live, per connection, as long as it does.
+_ENVIRON_KEPT = frozenset(
+    {
+        "REMOTE_ADDR",
+        "QUERY_STRING",
+        "REQUEST_METHOD",
+        "HTTP_AUTHORIZATION",
+        "HTTP_ORIGIN",
+        "HTTP_ACCEPT_ENCODING",
+        "asgi.receive",
+        "asgi.send",
+        "asgi.scope",
+    }
+)
+
+
+def _prune(environ: dict[str, Any]) -> None:
+    for key in [k for k in environ if k not in _ENVIRON_KEPT]:
+        del environ[key]
 
 
 def _remote_addr(environ: dict[str, Any]) -> str:

@@ -442,3 +442,15 @@ async def test_a_disconnected_client_leaves_no_trace_in_any_room(server: Running
     await eventually(gone, what="the connection leaving its rooms")
     assert sio.manager.get_rooms(sid, "/ws") == []
     assert f"agent:{agents[1]}" not in sio.manager.rooms.get("/ws", {})  # emptied rooms are dropped
+
+
+async def test_a_connection_keeps_only_the_environ_it_needs(server: RunningServer, connect, token):
+    from apps.api.websocket.events import _ENVIRON_KEPT
+
+    sio = server.app.app.other_asgi_app.state.sio
+    client = await connect(None, headers={"Authorization": f"Bearer {token}", "User-Agent": "x" * 2000})
+    await client.expect("connection_established")
+    environ = sio.environ[sio.manager.eio_sid_from_sid(client.sid, "/ws")]
+    assert set(environ) <= _ENVIRON_KEPT
+    assert environ["HTTP_AUTHORIZATION"] == f"Bearer {token}" and "HTTP_USER_AGENT" not in environ
+    assert (await client.call("ping"))["status"] == "pong"
