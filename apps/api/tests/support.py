@@ -265,3 +265,30 @@ async def eventually(check: Any, *, timeout: float = 10.0, interval: float = 0.0
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"{what} did not happen within {timeout} s (last: {result!r})")
         await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def raw_subscriber(
+    server: RunningServer, http: httpx.AsyncClient, token: str, room: str, *, members: int = 1
+) -> AsyncIterator[Any]:
+    """A plain WebSocket client (``websockets``) speaking Engine.IO by hand, connected to ``/ws``
+    and subscribed to ``room``; it reads nothing more unless the test does. Returns once the
+    server's stats show ``members`` connections in the room."""
+    import json
+
+    import websockets
+
+    url = f"ws://127.0.0.1:{server.port}/ws"
+    async with websockets.connect(url, max_queue=1, max_size=None, close_timeout=0.1) as raw:
+        await asyncio.wait_for(raw.recv(), TIMEOUT)  # Engine.IO handshake
+        await raw.send("40/ws," + json.dumps({"token": token}))
+        assert (await asyncio.wait_for(raw.recv(), TIMEOUT)).startswith("40/ws,")
+        await raw.send(f'42/ws,1["subscribe",{{"room":"{room}"}}]')
+        admin = {"Authorization": f"Bearer {make_token(roles=['admin'])}"}
+
+        async def joined() -> bool:
+            stats = (await http.get("/api/v1/websocket/stats", headers=admin)).json()
+            return bool(stats["rooms"].get(room) == members)
+
+        await eventually(joined, what=f"{members} connection(s) in {room}")
+        yield raw

@@ -77,23 +77,10 @@ async def test_a_client_that_falls_behind_still_gets_every_event_in_order(server
     import asyncio
     import json
 
-    import websockets
-
-    from apps.api.tests.support import eventually
+    from apps.api.tests.support import raw_subscriber
 
     agent = uuid4()
-    async with websockets.connect(f"ws://127.0.0.1:{server.port}/ws", max_queue=1, max_size=None) as raw:
-        await asyncio.wait_for(raw.recv(), 5)
-        await raw.send("40/ws," + json.dumps({"token": make_token()}))
-        assert (await asyncio.wait_for(raw.recv(), 5)).startswith("40/ws,")
-        await raw.send(f'42/ws,1["subscribe",{{"room":"agent:{agent}"}}]')
-        admin = {"Authorization": f"Bearer {make_token(roles=['admin'])}"}
-
-        async def joined() -> bool:
-            stats = (await http.get("/api/v1/websocket/stats", headers=admin)).json()
-            return stats["rooms"].get(f"agent:{agent}") == 1
-
-        await eventually(joined, what="the raw client joining the room")
+    async with raw_subscriber(server, http, make_token(), f"agent:{agent}") as raw:
         count = 300
         for i in range(count):  # ~15 MB: far past the socket buffers, so later frames queue
             await get_broadcaster().broadcast_agent_status_changed(

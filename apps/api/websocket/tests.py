@@ -24,6 +24,7 @@ from apps.api.tests.support import (
     eventually,
     make_token,
     marker,
+    raw_subscriber,
 )
 
 PROJECT = "550e8400-e29b-41d4-a716-446655440000"
@@ -381,27 +382,12 @@ async def test_malformed_packet_closes_only_that_connection(server: RunningServe
 
 
 async def test_a_client_that_stops_reading_never_delays_the_others(server: RunningServer, connect, http, token):
-    import json
-
-    import websockets
 
     agent = uuid4()
     fast = await connect(make_token())
     await fast.call("subscribe", {"room": f"agent:{agent}"})
     # A raw client that joins the room and then reads nothing: its TCP window fills up.
-    async with websockets.connect(f"ws://127.0.0.1:{server.port}/ws", max_queue=1, close_timeout=0.1) as stalled:
-        await asyncio.wait_for(stalled.recv(), 5)
-        await stalled.send("40/ws," + json.dumps({"token": token}))
-        await asyncio.wait_for(stalled.recv(), 5)  # 40/ws,{sid}
-        await stalled.send(f'42/ws,1["subscribe",{{"room":"agent:{agent}"}}]')
-        # from here on it never reads again; the server's view says when it is in the room
-        admin = {"Authorization": f"Bearer {make_token(roles=['admin'])}"}
-
-        async def both_in_room() -> bool:
-            stats = (await http.get("/api/v1/websocket/stats", headers=admin)).json()
-            return stats["rooms"].get(f"agent:{agent}") == 2
-
-        await eventually(both_in_room, what="the stalled client joining the room")
+    async with raw_subscriber(server, http, token, f"agent:{agent}", members=2):
         payload = "x" * 50_000
         count = 200  # 10 MB, far more than the socket buffers hold
         for i in range(count):
