@@ -19,25 +19,28 @@ from socketio import packet as sio_packet
 from apps.api.websocket.engine import FastSocket, FramedStr
 
 
-def _deliver(manager: socketio.AsyncManager, encoded: str, namespace: str, room: Any, skip_sid: Any) -> list[Any]:
-    """Queue the Socket.IO packet ``encoded`` for this process's clients in ``room``; returns the
-    recipients' sockets that need the slow (coroutine) path."""
+async def deliver_packet(
+    manager: socketio.AsyncManager, encoded: str, namespace: str, room: Any, skip_sid: Any = None
+) -> None:
+    """Send the encoded Socket.IO packet ``encoded`` to this process's clients in ``room``: framed
+    once, handed to each recipient's :class:`FastSocket` without a coroutine call."""
+    if namespace not in manager.rooms:
+        return
     pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
     pkt.encode_cache = FramedStr.of("4" + encoded)
     skip = set(skip_sid) if isinstance(skip_sid, list) else {skip_sid}
     sockets = manager.server.eio.sockets
-    slow = []
+    others = []
     for sid, eio_sid in manager.get_participants(namespace, room):
-        if sid in skip:
-            continue
         socket = sockets.get(eio_sid)
-        if socket is None:
+        if socket is None or sid in skip:
             continue
         if type(socket) is FastSocket:
             socket.send_nowait(pkt)
-        else:
-            slow.append(socket)
-    return [(socket, pkt) for socket in slow]
+        else:  # a socket python-engineio made before EngineServer could swap its class
+            others.append(socket)
+    for socket in others:
+        await socket.send(pkt)
 
 
 async def deliver_locally(
@@ -48,25 +51,16 @@ async def deliver_locally(
     room: Any = None,
     skip_sid: Any = None,
 ) -> bool:
-    """Queue ``event`` for this process's clients in ``room``. Returns False, having sent nothing,
-    when the packet is binary (the caller then takes python-socketio's path)."""
+    """Encode ``event`` with ``data`` and :func:`deliver_packet` it. Returns False, having sent
+    nothing, when the packet is binary (the caller then takes python-socketio's path)."""
     if namespace not in manager.rooms:
         return True
     args = list(data) if isinstance(data, tuple) else ([] if data is None else [data])
     encoded = manager.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *args]).encode()
     if not isinstance(encoded, str):  # binary attachments
         return False
-    for socket, pkt in _deliver(manager, encoded, namespace, room, skip_sid):
-        await socket.send(pkt)
+    await deliver_packet(manager, encoded, namespace, room, skip_sid)
     return True
-
-
-async def deliver_packet(manager: socketio.AsyncManager, encoded: str, namespace: str, room: Any) -> None:
-    """Queue the already encoded Socket.IO packet for this process's clients in ``room``."""
-    if namespace not in manager.rooms:
-        return
-    for socket, pkt in _deliver(manager, encoded, namespace, room, None):
-        await socket.send(pkt)
 
 
 def event_packet(namespace: str, event: str, json_args: str) -> str:

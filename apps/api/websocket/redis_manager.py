@@ -94,8 +94,9 @@ class ResilientRedisManager(RoomIndex, socketio.AsyncRedisManager):  # type: ign
         encoded = event_packet(namespace, event, json_args)
         if not self.write_only:
             await deliver_packet(self, encoded, namespace, room)
-        message = {"method": EMIT_PACKET, "packet": encoded, "namespace": namespace, "room": room}
-        await self._publish({**message, "host_id": self.host_id})
+        await self._publish(
+            {"method": EMIT_PACKET, "packet": encoded, "namespace": namespace, "room": room, "host_id": self.host_id}
+        )
 
     async def _listen(self) -> AsyncIterator[Any]:
         async for raw in super()._listen():
@@ -163,18 +164,14 @@ class ResilientRedisManager(RoomIndex, socketio.AsyncRedisManager):  # type: ign
 
     async def _drop_subscription(self) -> None:
         """Close the previous attempt's connections before making new ones."""
-        old, self.pubsub = self.pubsub, None
-        if old is not None:
-            try:
-                await old.aclose()
-            except Exception:  # noqa: S110 - it is being thrown away
-                pass
-        if self.redis is not None:
-            redis, self.redis = self.redis, None
-            try:
-                await redis.aclose()
-            except Exception:  # noqa: S110
-                pass
+        old = (self.pubsub, self.redis)
+        self.pubsub = self.redis = None
+        for client in old:
+            if client is not None:
+                try:
+                    await client.aclose()
+                except Exception:  # noqa: S110 - it is being thrown away
+                    pass
 
     async def close(self) -> None:
         """Release both connections (the listener task is the server's to cancel)."""
