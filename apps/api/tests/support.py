@@ -111,8 +111,10 @@ class ServerProcess:
     process: asyncio.subprocess.Process
     url: str
     output: list[str]
+    reader: asyncio.Task[None] | None = None
 
     async def stop(self) -> None:
+        """Stop the server; afterwards ``output`` holds everything it printed."""
         if self.process.returncode is None:
             self.process.terminate()
             try:
@@ -120,34 +122,49 @@ class ServerProcess:
             except TimeoutError:
                 self.process.kill()
                 await self.process.wait()
+        if self.reader is not None:
+            await asyncio.wait_for(self.reader, 10)
 
 
 async def start_server_process(
-    args: Sequence[str], *, env: dict[str, str], cwd: Path = REPO_ROOT, ready: str = "Uvicorn running on"
+    args: Sequence[str],
+    *,
+    env: dict[str, str],
+    cwd: Path = REPO_ROOT,
+    ready: str = "Uvicorn running on",
+    ready_count: int = 1,
 ) -> ServerProcess:
-    """Start the service as a child process and wait (bounded) until its log says it listens."""
+    """Start the service as a child process and wait (bounded) until its log has said ``ready``
+    ``ready_count`` times. Its output is read all along (a full pipe would block the server)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
     process = await asyncio.create_subprocess_exec(
         *args, cwd=cwd, env=full_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
     output: list[str] = []
+    is_ready = asyncio.Event()
 
-    async def wait_ready() -> None:
+    async def read() -> None:
         assert process.stdout is not None
+        seen = 0
         while line := await process.stdout.readline():
             output.append(line.decode(errors="replace"))
             if ready in output[-1]:
-                return
-        raise AssertionError("server exited before it was ready:\n" + "".join(output))
+                seen += 1
+                if seen == ready_count:
+                    is_ready.set()
 
+    server = ServerProcess(process, "", output, asyncio.create_task(read()))
+    waiting = asyncio.create_task(is_ready.wait())
     try:
-        await asyncio.wait_for(wait_ready(), 20)
+        await asyncio.wait_for(asyncio.wait({waiting, server.reader}, return_when=asyncio.FIRST_COMPLETED), 20)
+        if not is_ready.is_set():
+            raise AssertionError("server exited before it was ready:\n" + "".join(output))
     except BaseException:
-        proc = ServerProcess(process, "", output)
-        await proc.stop()
+        waiting.cancel()
+        await server.stop()
         raise
-    port = env.get("PORT", "8000")
-    return ServerProcess(process, f"http://127.0.0.1:{port}", output)
+    server.url = f"http://127.0.0.1:{env.get('PORT', '8000')}"
+    return server
 
 
 def python_cmd(*args: str) -> list[str]:

@@ -187,9 +187,9 @@ async def test_publishing_without_redis_url_says_what_to_set():
 async def test_several_workers_on_one_port_all_deliver(redis_url, tags):
     port = free_port()
     env = server_env(redis_url, tags, PORT=str(port), WORKERS="3")
-    # The workers listen on the parent's socket once started: wait for one to say so.
+    # The workers listen on the parent's socket once started: wait for all three to say so.
     server = await start_server_process(
-        [sys.executable, "apps/api/main.py"], env=env, ready="Application startup complete"
+        [sys.executable, "apps/api/main.py"], env=env, ready="Application startup complete", ready_count=3
     )
     owner = uuid4()
     token = make_token(owner)
