@@ -3,6 +3,12 @@ real clients intact, in order."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -10,9 +16,22 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from apps.api.events.broadcaster import get_broadcaster
-from apps.api.tests.support import REPO_ROOT, make_token
+from apps.api.tests.support import (
+    REPO_ROOT,
+    TEST_SECRET,
+    TIMEOUT,
+    RunningServer,
+    ServerProcess,
+    WsClient,
+    eventually,
+    free_port,
+    make_token,
+    python_cmd,
+    start_server_process,
+)
 from apps.api.websocket.engine import FramedStr
 from apps.api.websocket.manager import event_packet
+from apps.api.websocket.uvicorn_protocol import HandedOffWebSocket
 
 
 def parse(frame: bytes) -> Frame:
@@ -74,9 +93,6 @@ async def test_a_client_that_falls_behind_still_gets_every_event_in_order(server
     """Frames go straight to the transport while it takes them and through the queue (with flow
     control) once it is full; a client that reads nothing for a while, then everything, must see
     one ordered stream."""
-    import asyncio
-    import json
-
     from apps.api.tests.support import raw_subscriber
 
     agent = uuid4()
@@ -98,37 +114,116 @@ async def test_a_client_that_falls_behind_still_gets_every_event_in_order(server
     assert seen == list(range(count))
 
 
-def test_direct_writes_only_when_nothing_is_queued_and_the_writer_waits():
-    import asyncio
+# --- the hand-off: an open Engine.IO WebSocket is run by its connection, not by an ASGI task ---
 
-    from engineio import packet as eio_packet
 
-    from apps.api.websocket.engine import FastSocket
+def _asgi_tasks() -> int:
+    """uvicorn's per-connection ASGI tasks running in this loop (the in-process test servers')."""
+    return sum(1 for task in asyncio.all_tasks() if task.get_coro().__qualname__.endswith(".run_asgi"))  # type: ignore[union-attr]
 
-    class Server:
-        ping_timeout = 20
 
-    written: list[bytes] = []
-    accept = [True]
-    socket = FastSocket.__new__(FastSocket)
-    socket.server, socket.closed, socket.last_ping = Server(), False, None
-    socket.queue = asyncio.Queue()
-    socket.direct_write = lambda frame: accept[0] and (written.append(frame) or True)
+def _engineio_socket(server: RunningServer, client: WsClient) -> Any:
+    sio = server.app.app.other_asgi_app.state.sio  # PathAliases -> socketio.ASGIApp -> FastAPI
+    return sio.eio.sockets[sio.manager.eio_sid_from_sid(client.sid, "/ws")]
 
-    def packet(text: str) -> eio_packet.Packet:
-        pkt = eio_packet.Packet(eio_packet.MESSAGE, text)
-        pkt.encode_cache = FramedStr.of("4" + text)
-        return pkt
 
-    socket.writer_idle = False
-    socket.send_nowait(packet("a"))  # the writer is busy: queued
-    socket.writer_idle = True
-    socket.send_nowait(packet("b"))  # something is queued: queued behind it
-    assert (written, socket.queue.qsize()) == ([], 2)
-    socket.queue = asyncio.Queue()
-    socket.send_nowait(packet("c"))  # idle writer, empty queue: straight out
-    assert written == [FramedStr.of("4c").frame]
-    accept[0] = False
-    socket.send_nowait(packet("d"))  # the transport is full: queued
-    socket.send_nowait(eio_packet.Packet(eio_packet.PING))  # not pre-framed: queued
-    assert (len(written), socket.queue.qsize()) == (1, 2)
+@pytest.mark.parametrize("transports", [["websocket"], ["polling", "websocket"]], ids=["websocket", "upgrade"])
+async def test_an_open_websocket_holds_no_task_and_no_queue(server, connect, transports):
+    """What an idle connection costs: no ASGI task, no reader or writer Task, no asyncio.Queue
+    (bench/README.md measures the memory); events, acks and order work as before."""
+    before = _asgi_tasks()
+    agent = uuid4()
+    clients = [await connect(make_token(), transports=transports) for _ in range(5)]
+    for client in clients:
+        await client.expect("connection_established")
+
+        async def upgraded(c: WsClient = client) -> bool:
+            return bool(c.sio.transport() == "websocket")
+
+        await eventually(upgraded, what="the upgrade to WebSocket")
+        assert (await client.call("subscribe", {"room": f"agent:{agent}"}))["status"] == "success"
+    for client in clients:
+        socket = _engineio_socket(server, client)
+        assert isinstance(socket.ws, HandedOffWebSocket) and socket.queue.qsize() == 0
+    assert _asgi_tasks() == before
+    for i in range(3):
+        await get_broadcaster().broadcast_agent_connected(agent_id=agent, agent_name=str(i))
+    for client in clients:
+        assert [(await client.expect("agent.connected"))["data"]["agent_name"] for _ in range(3)] == ["0", "1", "2"]
+
+
+@contextlib.asynccontextmanager
+async def _raw_connection(port: int, token: str) -> AsyncIterator[Any]:
+    """A WebSocket client speaking Engine.IO by hand (it answers no ping unless told to),
+    connected to namespace /ws."""
+    import websockets
+
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws", close_timeout=1) as raw:
+        assert (await asyncio.wait_for(raw.recv(), TIMEOUT)).startswith("0{")
+        await raw.send("40/ws," + json.dumps({"token": token}))
+        assert (await asyncio.wait_for(raw.recv(), TIMEOUT)).startswith("40/ws,")
+        yield raw
+
+
+async def _frames_until_closed(raw: Any, timeout: float) -> list[str]:
+    import websockets
+
+    frames: list[str] = []
+
+    async def read() -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:
+                frames.append(await raw.recv())
+
+    await asyncio.wait_for(read(), timeout)
+    return frames
+
+
+async def _server_process(**env: str) -> tuple[ServerProcess, int]:
+    """The service in a process of its own (its broadcaster is not this process's)."""
+    port = free_port()
+    base = {"JWT_SECRET_KEY": TEST_SECRET, "LOG_FILE": "", "REDIS_URL": "", "ENVIRONMENT": "development"}
+    server = await start_server_process(
+        python_cmd("apps/api/main.py"), env={**base, "HOST": "127.0.0.1", "PORT": str(port), **env}
+    )
+    return server, port
+
+
+async def test_a_client_that_stops_answering_pings_is_dropped_and_one_that_answers_is_kept():
+    server, port = await _server_process(PING_INTERVAL_SECONDS="1", PING_TIMEOUT_SECONDS="0.5")
+    live = WsClient(server.url)
+    try:
+        await live.connect(make_token())  # python-socketio answers every PING
+        async with _raw_connection(port, make_token()) as silent:
+            frames = await _frames_until_closed(silent, timeout=10)
+        assert frames[-1] == "2"  # pinged, never answered, then closed
+        assert live.sio.connected and (await live.call("ping"))["status"] == "pong"
+    finally:
+        await live.close()
+        await server.stop()
+
+
+async def test_graceful_shutdown_closes_open_websockets_with_1012():
+    server, port = await _server_process()
+    try:
+        async with _raw_connection(port, make_token()) as raw:
+            await server.stop()  # SIGTERM: uvicorn's graceful shutdown
+            await _frames_until_closed(raw, timeout=TIMEOUT)
+            assert raw.close_code == 1012  # service restart: socket.io-client reconnects
+    finally:
+        await server.stop()
+    output = "".join(server.output)
+    assert "Finished server process" in output and "Traceback" not in output, output
+
+
+@pytest.mark.parametrize("garbage", ["x", "", "9unknown", b"\xff\x00"])
+async def test_an_undecodable_packet_closes_only_that_connection_with_one_warning(server, connect, caplog, garbage):
+    bystander = await connect(make_token())
+    async with _raw_connection(server.port, make_token()) as raw:
+        caplog.clear()
+        await raw.send(garbage)
+        await _frames_until_closed(raw, timeout=TIMEOUT)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("apps.")]
+    assert len(warnings) == 1 and "clos" in warnings[0].getMessage(), [w.getMessage() for w in warnings]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no traceback
+    assert (await bystander.call("ping"))["status"] == "pong"

@@ -1,23 +1,29 @@
-"""Engine.IO tuned for fan-out: python-engineio's server with three changes on the send path.
+"""Engine.IO tuned for fan-out and for many idle connections: python-engineio's server with its
+WebSocket transport run by the connection itself.
 
-Everything on the wire stays python-engineio's (pinned in requirements.txt); what changes is how
-a packet travels from an emit to a WebSocket:
+Everything on the wire stays python-engineio's (pinned in requirements.txt); what changes:
 
-- :class:`FastSocket` queues a packet without a coroutine call (``send_nowait``), and its
-  WebSocket writer waits for the next packet without ``asyncio.wait_for`` (which, on Python 3.11,
-  creates a Task per wake-up). The reader side still drops a silent client after
-  ``ping_interval + ping_timeout`` and wakes the writer to exit.
 - :class:`FramedStr` is a packet's text with its WebSocket frame built once, so an emit to N
   clients frames the message once instead of N times.
-- :class:`FramedWebSocket` hands that frame to the ASGI server under the ``ext.frame`` key of the
-  ``websocket.send`` message. The service's own uvicorn protocol
-  (:mod:`apps.api.websocket.uvicorn_protocol`) writes it as is; any other ASGI server ignores the
-  unknown key and sends the ``text`` as usual.
+- :class:`FastSocket`, once its WebSocket is open, takes it over from the ASGI app through the
+  scope extension of the service's uvicorn protocol
+  (:data:`~apps.api.websocket.uvicorn_protocol.HAND_OFF_KEY`): the connection then calls the
+  socket for each message it parses (:meth:`FastSocket.ws_message`) and when it closes
+  (:meth:`FastSocket.ws_closed`), and the socket writes each packet straight to it
+  (:meth:`FastSocket.send_nowait`, no coroutine, no queue). python-engineio would keep, per
+  connection and for its whole life, the ASGI task, a reader Task per message wait (``wait_for``
+  on Python 3.11) and a writer Task.
+- Under an ASGI server without that extension, the socket works as python-engineio's does, with
+  a writer that waits without ``asyncio.wait_for``; long-polling is python-engineio's, except that
+  a pending poll is answered as soon as the session closes.
+- The heartbeat is a timer instead of a Task that sleeps; a client that stops answering it is
+  closed by python-engineio's service task, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 import time
 from typing import Any
@@ -27,9 +33,12 @@ from engineio import packet as eio_packet
 from engineio.async_drivers import asgi as eio_asgi
 from engineio.async_socket import AsyncSocket
 
-FRAME_KEY = "ext.frame"
-#: Scope extension by which the service's uvicorn protocol offers a synchronous frame write.
-DIRECT_WRITE_KEY = "ext.frame.write_now"
+from apps.api.websocket.uvicorn_protocol import HAND_OFF_KEY, HandedOffWebSocket
+
+logger = logging.getLogger(__name__)
+
+#: Tasks started for received messages, kept until they end (asyncio holds only weak references).
+_running: set[asyncio.Task[Any]] = set()
 
 
 class FramedStr(str):
@@ -55,26 +64,36 @@ class FramedStr(str):
 
 class FastSocket(AsyncSocket):  # type: ignore[misc]
     last_ping: float | None
-    #: Writes a frame to the transport now, or answers False (set by :class:`FramedWebSocket`).
-    direct_write: Any = None
-    #: True while the WebSocket writer waits on an empty queue.
-    writer_idle = False
+    connected: bool
+    closed: bool
+    closing: bool
+    queue: Any  # an asyncio.Queue, then _NO_QUEUE once the socket has its WebSocket
+    #: The WebSocket this socket was handed, while it is open.
+    ws: HandedOffWebSocket | None = None
+    handed_off = False
+
+    # sending
 
     def send_nowait(self, pkt: Any) -> None:
-        """Send ``pkt`` to this client: straight to the transport when its writer is idle and
-        nothing is queued (so order is kept), else through the queue (what ``send`` does)."""
+        """Send ``pkt`` to this client: written to its WebSocket now if the socket has it, else
+        queued for python-engineio's transports (what ``send`` does)."""
         if self.closed:
             return
         last_ping = self.last_ping
         if last_ping and time.time() - last_ping > self.server.ping_timeout:
-            # the client stopped answering pings: let the stock path close it
-            self.server.start_background_task(self.check_ping_timeout)
+            # the client stopped answering pings: close it (python-engineio's check_ping_timeout)
+            if not self.closing:
+                _spawn(self.close(wait=False, reason=self.server.reason.PING_TIMEOUT))
             return
-        if self.writer_idle and self.direct_write is not None and self.queue.empty():
-            encoded = pkt.encode_cache
-            if isinstance(encoded, FramedStr) and self.direct_write(encoded.frame):
-                return
-        self.queue.put_nowait(pkt)
+        ws = self.ws
+        if ws is None:
+            self.queue.put_nowait(pkt)
+            return
+        encoded = pkt.encode_cache
+        if isinstance(encoded, FramedStr):
+            ws.write_frame(encoded.frame)
+        else:
+            ws.send_message(pkt.encode())
 
     async def send(self, pkt: Any) -> None:
         self.send_nowait(pkt)
@@ -91,23 +110,127 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
             self.last_ping = time.time()
             self.send_nowait(eio_packet.Packet(eio_packet.PING))
 
+    # the WebSocket transport
+
+    async def _websocket_handler(self, ws: Any) -> None:
+        hand_off = getattr(ws, "hand_off", None)
+        if hand_off is None:  # an ASGI server without the extension: python-engineio's transport
+            await super()._websocket_handler(ws)
+            return
+        if self.connected:  # an upgrade from long-polling
+            if not await self._upgrade_probe(ws):
+                return
+        else:
+            self.connected = True
+            self.upgraded = True
+        handed = hand_off(self)
+        if handed is None:  # closed during the handshake
+            await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+            return
+        self.ws, pending = handed
+        self.handed_off = True
+        # what was queued before the hand-off (the OPEN packet; what an upgrade held back) goes first
+        queue, self.queue = self.queue, _NO_QUEUE
+        while not queue.empty():
+            pkt = queue.get_nowait()
+            queue.task_done()
+            if pkt is not None:
+                self.send_nowait(pkt)
+        for data in pending:
+            self.ws_message(data)
+        # the ASGI app returns now; the connection stays open and calls this socket from here on
+
+    async def _upgrade_probe(self, ws: Any) -> bool:
+        """python-engineio's upgrade handshake (PING probe, PONG probe, UPGRADE) over the ASGI
+        connection, before the hand-off."""
+        self.upgrading = True
+        try:
+            probe = eio_packet.Packet(encoded_packet=await ws.wait())
+            if probe.packet_type != eio_packet.PING or probe.data != "probe":
+                return False
+            await ws.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
+            self.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))  # ends the pending poll
+            upgrade = eio_packet.Packet(encoded_packet=await ws.wait())
+            if upgrade.packet_type != eio_packet.UPGRADE:
+                self.upgraded = False
+                return False
+            self.upgraded = True
+            return True
+        except (OSError, ValueError):
+            return False
+        finally:
+            self.upgrading = False
+
+    def ws_message(self, data: str | bytes) -> None:
+        """A message from the client, parsed by the connection (called synchronously)."""
+        if self.closing or self.closed:
+            return
+        if len(data) > self.server.max_http_buffer_size:
+            self._drop("packet is too large", 1009)
+            return
+        try:
+            pkt = eio_packet.Packet(encoded_packet=data)
+        except Exception:
+            self._drop("undecodable Engine.IO packet", 1007)
+            return
+        kind = pkt.packet_type
+        if kind == eio_packet.PONG:
+            self.schedule_ping()
+        elif kind == eio_packet.MESSAGE:
+            # each message's handler runs in a Task of its own, as python-engineio's async_handlers
+            _spawn(self.server._trigger_event("message", self.sid, pkt.data, run_async=False))
+        elif kind == eio_packet.CLOSE:
+            _spawn(self.close(wait=False, abort=True, reason=self.server.reason.CLIENT_DISCONNECT))
+        elif kind == eio_packet.UPGRADE:
+            self.send_nowait(eio_packet.Packet(eio_packet.NOOP))
+        elif kind not in (eio_packet.OPEN, eio_packet.PING, eio_packet.NOOP):  # those are ignored, as before
+            self._drop(f"unknown Engine.IO packet type {kind}", 1008)
+
+    def _drop(self, why: str, code: int) -> None:
+        logger.warning("%s: %s; closing the connection", self.sid, why)
+        if self.ws is not None:
+            self.ws.close(code)
+        _spawn(self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_ERROR))
+
+    def ws_closed(self) -> None:
+        """The connection is gone (closed by either side)."""
+        self.ws = None
+        if not self.closing and not self.closed:
+            _spawn(self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE))
+
+    # closing
+
     async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
-        await super().close(wait=wait, abort=abort, reason=reason)
-        # python-engineio leaves a pending long-poll GET (or the WebSocket writer) waiting until its
-        # timeout after a close: wake it now.
-        self.queue.put_nowait(None)
+        if not self.handed_off:
+            await super().close(wait=wait, abort=abort, reason=reason)
+            # python-engineio leaves a pending long-poll GET (or the WebSocket writer) waiting until
+            # its timeout after a close: wake it now.
+            self.queue.put_nowait(None)
+            return
+        # python-engineio's close, for a socket that writes to its WebSocket itself
+        if self.closed or self.closing:
+            return
+        self.closing = True
+        try:
+            await self.server._trigger_event(
+                "disconnect", self.sid, reason or self.server.reason.SERVER_DISCONNECT, run_async=False
+            )
+            if not abort:
+                self.send_nowait(eio_packet.Packet(eio_packet.CLOSE))
+        finally:
+            self.closed = True
+            self.server.sockets.pop(self.sid, None)
+            ws, self.ws = self.ws, None
+            if ws is not None:
+                ws.close()
 
     async def poll(self) -> list[Any]:
         if not self.upgraded:  # long-polling: the GET must end after ping_interval + ping_timeout
             packets: list[Any] = await super().poll()
             return packets
-        # WebSocket writer: no timeout needed here; the reader times out a silent client and
-        # then queues None, which ends the writer.
-        self.writer_idle = True
-        try:
-            first = await self.queue.get()
-        finally:
-            self.writer_idle = False
+        # python-engineio's WebSocket writer (no hand-off): no timeout needed here; the reader
+        # times out a silent client and then queues None, which ends the writer.
+        first = await self.queue.get()
         self.queue.task_done()
         if first is None:
             return []
@@ -123,18 +246,47 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
 
 
 class FramedWebSocket(eio_asgi.WebSocket):  # type: ignore[misc]
+    """python-engineio's ASGI WebSocket, exposing the hand-off of the service's uvicorn protocol."""
+
+    hand_off: Any = None
+
     async def __call__(self, environ: dict[str, Any]) -> Any:
-        write_now = environ.get("asgi.scope", {}).get("extensions", {}).get(DIRECT_WRITE_KEY)
-        socket = getattr(self.handler, "__self__", None)
-        if write_now is not None and isinstance(socket, FastSocket):
-            socket.direct_write = write_now
+        self.hand_off = environ.get("asgi.scope", {}).get("extensions", {}).get(HAND_OFF_KEY)
         return await super().__call__(environ)
 
-    async def send(self, message: Any) -> None:
-        if isinstance(message, FramedStr):
-            await self.asgi_send({"type": "websocket.send", "text": message, FRAME_KEY: message.frame})
-        else:
-            await super().send(message)
+
+class _NoQueue:
+    """The queue of a socket that writes to its WebSocket itself (an asyncio.Queue is four deques
+    and an Event: about 3 KB per connection). Nothing is queued once the socket has its WebSocket."""
+
+    __slots__ = ()
+
+    def put_nowait(self, item: Any) -> None:
+        pass
+
+    async def put(self, item: Any) -> None:
+        pass
+
+    def empty(self) -> bool:
+        return True
+
+    def qsize(self) -> int:
+        return 0
+
+    def task_done(self) -> None:
+        pass
+
+    async def join(self) -> None:
+        pass
+
+
+_NO_QUEUE = _NoQueue()
+
+
+def _spawn(coro: Any) -> None:
+    task = asyncio.ensure_future(coro)
+    _running.add(task)
+    task.add_done_callback(_running.discard)
 
 
 class EngineServer(engineio.AsyncServer):  # type: ignore[misc]

@@ -93,7 +93,7 @@ class ClientEvents:
         except AuthError as exc:
             logger.warning("websocket connection refused sid=%s remote=%s reason=%s", sid, remote, exc.reason)
             raise socketio.exceptions.ConnectionRefusedError(exc.message, {"content": exc.as_dict()}) from None
-        _prune(environ)
+        self._keep_only_what_is_needed_of(sid, environ)
         conn = self.connections.add(sid, principal, remote)
         rooms = auto_rooms(principal)
         for room in rooms:
@@ -105,6 +105,13 @@ class ClientEvents:
             "websocket connected sid=%s user=%s remote=%s admin=%s", sid, principal.user_id, remote, principal.is_admin
         )
         return True
+
+    def _keep_only_what_is_needed_of(self, sid: str, environ: dict[str, Any]) -> None:
+        """python-socketio keeps the request's environ for the whole session: replace it with a
+        small dict of what a later connect reads (a dict does not shrink when keys are deleted)."""
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, NAMESPACE)
+        if self.sio.environ.get(eio_sid) is environ:
+            self.sio.environ[eio_sid] = {key: environ[key] for key in _ENVIRON_KEPT if key in environ}
 
     async def disconnect(self, sid: str, reason: str | None = None) -> None:
         conn = self.connections.remove(sid)
@@ -210,8 +217,8 @@ def _room_field(data: object) -> object:
 
 
 #: What stays of a connection's WSGI-style environ once it is authenticated: what a later connect on
-#: the same Engine.IO session reads, and what python-engineio reads when the session ends. The rest
-#: (most request headers, WSGI keys) would otherwise live, per connection, as long as it does.
+#: the same Engine.IO session reads. The rest (most request headers, WSGI and ASGI keys, which hold
+#: the request's scope and its server protocol) would otherwise live, per connection, as long as it does.
 _ENVIRON_KEPT = frozenset(
     {
         "REMOTE_ADDR",
@@ -220,16 +227,8 @@ _ENVIRON_KEPT = frozenset(
         "HTTP_AUTHORIZATION",
         "HTTP_ORIGIN",
         "HTTP_ACCEPT_ENCODING",
-        "asgi.receive",
-        "asgi.send",
-        "asgi.scope",
     }
 )
-
-
-def _prune(environ: dict[str, Any]) -> None:
-    for key in [k for k in environ if k not in _ENVIRON_KEPT]:
-        del environ[key]
 
 
 def _remote_addr(environ: dict[str, Any]) -> str:

@@ -1,51 +1,232 @@
-"""uvicorn's WebSocket protocol (websockets' sans-I/O implementation), writing a frame the app
-built once (the ``ext.frame`` key of ``websocket.send``) straight to the transport, instead of
-framing the same text again for every recipient. Flow control, disconnects and everything else
-are uvicorn's."""
+"""The service's uvicorn WebSocket protocol: uvicorn's own (websockets' sans-I/O implementation) for
+the handshake, then, for an Engine.IO connection, a hand-off to a small protocol that delivers
+each message straight to the Engine.IO socket and writes frames built once per emit as they are.
+
+Under uvicorn's protocol every open WebSocket keeps an ASGI task running for its whole life (with
+the coroutines of the app it is in), an ASGI receive queue, events, the scope and the request
+headers: about half of what an idle connection costs. Once the Engine.IO handshake is done the
+app calls the scope extension :data:`HAND_OFF_KEY`; from then on the connection is a
+:class:`HandedOffWebSocket` (``transport.set_protocol``), the ASGI task ends, and what stays per
+connection is the transport, websockets' frame parser and the Engine.IO socket.
+
+Anything but an Engine.IO socket that takes the hand-off (another WebSocket route, another ASGI
+server) works as uvicorn's protocol always does.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
+from typing import Any, Protocol
 
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
+from websockets.server import ServerProtocol
 
-from apps.api.websocket.engine import DIRECT_WRITE_KEY, FRAME_KEY
+#: Scope extension: ``hand_off(receiver)`` turns the open WebSocket over to ``receiver``; it returns
+#: ``(websocket, messages)``: the :class:`HandedOffWebSocket` and what arrived before the hand-off,
+#: in order, which the receiver must take first; or None if the connection is already closing.
+HAND_OFF_KEY = "ext.websocket.hand_off"
+
+#: Seconds to wait for the peer's reply to our close frame before dropping the connection.
+CLOSE_TIMEOUT = 5.0
+
+logger = logging.getLogger("uvicorn.error")
 
 
-class FramePassthroughProtocol(WebSocketsSansIOProtocol):
+class Receiver(Protocol):
+    """What a handed-off WebSocket delivers to (the Engine.IO socket)."""
+
+    def ws_message(self, data: str | bytes) -> None: ...
+
+    def ws_closed(self) -> None: ...
+
+
+class HandedOffWebSocket(asyncio.Protocol):
+    """An open WebSocket (server side) delivering each complete message to its receiver as it is
+    parsed, with no task or queue of its own. Writes go straight to the transport, which buffers
+    what the peer has not taken yet; the order of frames is the order of writes."""
+
+    __slots__ = (
+        "close_timer",
+        "closing",
+        "conn",
+        "connections",
+        "fragments",
+        "fragments_text",
+        "receiver",
+        "transport",
+    )
+
+    def __init__(self, transport: asyncio.Transport, conn: ServerProtocol, receiver: Receiver, connections: set[Any]):
+        self.transport = transport
+        self.conn = conn
+        self.receiver: Receiver | None = receiver
+        self.connections = connections
+        self.fragments: list[bytes] = []
+        self.fragments_text = False
+        self.closing = False
+        self.close_timer: asyncio.TimerHandle | None = None
+
+    # writing
+
+    def write_frame(self, frame: bytes) -> bool:
+        """Write a complete frame (built by the caller); False if the connection is closing."""
+        if self.closing or self.transport.is_closing():
+            return False
+        self.transport.write(frame)
+        return True
+
+    def send_message(self, data: str | bytes) -> None:
+        """Frame ``data`` (text or binary) and write it."""
+        if self.closing or self.transport.is_closing():
+            return
+        if isinstance(data, str):
+            self.conn.send_text(data.encode())
+        else:
+            self.conn.send_binary(data)
+        self._flush()
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake; the connection is dropped when the peer answers, or after
+        :data:`CLOSE_TIMEOUT`. Nothing is written after this."""
+        if self.closing:
+            return
+        self.closing = True
+        if self.transport.is_closing():
+            return
+        if self.conn.state is State.OPEN:
+            self.conn.send_close(code, reason)
+            self._flush()
+        self.close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.transport.close)
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown: 1012, service restart."""
+        self.close(1012)
+
+    def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.transport.write(b"".join(data))
+
+    # reading
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        conn.receive_data(data)
+        for event in conn.events_received():
+            if isinstance(event, Frame):
+                self._frame(event)
+        self._flush()  # pongs and the reply to a close frame, which websockets queues itself
+        if conn.parser_exc is not None or conn.close_rcvd is not None:
+            # a protocol error or an oversized message (websockets has queued the close frame), or
+            # the closing handshake is over
+            self.closing = True
+            self.transport.close()
+
+    def _frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if frame.fin:
+                self._message(bytes(frame.data), opcode is Opcode.TEXT)
+            else:
+                self.fragments, self.fragments_text = [bytes(frame.data)], opcode is Opcode.TEXT
+        elif opcode is Opcode.CONT:
+            self.fragments.append(bytes(frame.data))
+            if frame.fin:
+                data, self.fragments = b"".join(self.fragments), []
+                self._message(data, self.fragments_text)
+
+    def _message(self, data: bytes, text: bool) -> None:
+        receiver = self.receiver
+        if receiver is None or self.closing:
+            return
+        if not text:
+            receiver.ws_message(data)
+            return
+        try:
+            message = data.decode()
+        except UnicodeDecodeError:
+            self.close(1007, "invalid UTF-8")
+            return
+        receiver.ws_message(message)
+
+    def eof_received(self) -> None:
+        self.closing = True  # the transport closes itself (returning None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.connections.discard(self)
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+            self.close_timer = None
+        receiver, self.receiver = self.receiver, None
+        if receiver is not None:
+            receiver.ws_closed()
+
+
+class HandOffProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol, offering the hand-off to the app (:data:`HAND_OFF_KEY`)."""
+
+    handed_off = False
+
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
-        # the app has not run yet: offer it a synchronous write for frames it built
-        self.scope["extensions"][DIRECT_WRITE_KEY] = self.write_frame_now  # type: ignore[assignment]
+        if getattr(self, "scope", None) is not None and self.response.status_code == 101:
+            self.scope["extensions"][HAND_OFF_KEY] = self.hand_off  # type: ignore[assignment]
 
-    def write_frame_now(self, frame: bytes) -> bool:
-        """Write a complete frame if the connection is open and the transport takes data now;
-        False otherwise (the caller then queues it for the async path, with flow control)."""
+    def hand_off(self, receiver: Receiver) -> tuple[HandedOffWebSocket, list[str | bytes]] | None:
         if (
-            self.handshake_complete
-            and self.initial_response is None
-            and not self.close_sent
-            and not self.disconnected
-            and self.writable.is_set()
-            and self.conn.state is State.OPEN
-            and not self.transport.is_closing()
+            not self.handshake_complete
+            or self.initial_response is not None
+            or self.close_sent
+            or self.disconnected
+            or self.conn.state is not State.OPEN
+            or self.transport.is_closing()
         ):
-            self.transport.write(frame)
-            return True
-        return False
+            return None
+        pending: list[str | bytes] = []
+        while not self.queue.empty():
+            message = self.queue.get_nowait()
+            if message["type"] != "websocket.receive":
+                return None  # a disconnect is on its way: nothing to hand over
+            text, data = message.get("text"), message.get("bytes")
+            pending.append(text if text is not None else data or b"")
+        handed = HandedOffWebSocket(self.transport, self.conn, receiver, self.connections)
+        self.handed_off = True
+        self.stop_keepalive()
+        self.connections.discard(self)
+        self.connections.add(handed)  # type: ignore[arg-type]  # it has the shutdown() uvicorn calls
+        self.transport.set_protocol(handed)
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        # The request stays referenced by websockets' parser for the connection's life: its headers
+        # need not (the ASGI scope has its own copy, which goes with this protocol when the app's
+        # task ends).
+        self.request.headers.clear()
+        return handed, pending
 
-    async def send(self, message: Any) -> None:
-        frame = message.get(FRAME_KEY) if message["type"] == "websocket.send" else None
-        if frame is None or not self.handshake_complete or self.initial_response is not None:
-            await super().send(message)
-            return
-        await self.writable.wait()  # the transport's flow control, as in uvicorn
-        if self.disconnected or self.close_sent or self.conn.state is not State.OPEN:
-            raise ClientDisconnected()
-        self.transport.write(frame)
+    async def run_asgi(self) -> None:
+        # uvicorn's, except that a handed-off connection stays open when the app returns
+        try:
+            result = await self.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except BaseException:
+            logger.exception("Exception in ASGI application\n")
+            self.send_500_response()
+        else:
+            if not self.handshake_complete:
+                logger.error("ASGI callable returned without completing handshake.")
+                self.send_500_response()
+            elif result is not None:
+                logger.error("ASGI callable should return None, but returned '%s'.", result)
+        if self.close_timer is None and not self.handed_off:
+            self.transport.close()
 
 
 #: What ``apps/api/main.py`` gives uvicorn as ``ws`` (an import string, so worker processes can load it).
-WEBSOCKET_PROTOCOL = f"{__name__}:{FramePassthroughProtocol.__name__}"
+WEBSOCKET_PROTOCOL = f"{__name__}:{HandOffProtocol.__name__}"
