@@ -334,6 +334,10 @@ class Event(BaseModel):
         pydantic does several times faster than through the envelope's ``Payload`` field."""
         timestamp = self.timestamp.isoformat().replace("+00:00", "Z")
         return (
-            f'{{"id":{json.dumps(self.id)},"type":"{self.type.value}","timestamp":"{timestamp}",'
+            f'{{"id":{json.dumps(self.id)},"type":"{_TYPE_TEXT[self.type]}","timestamp":"{timestamp}",'
             f'"source":{json.dumps(self.source)},"data":{self.data.model_dump_json()}}}'
         )
+
+
+#: Each event type's name, read once (an enum's ``.value`` is a descriptor call).
+_TYPE_TEXT = {kind: kind.value for kind in EventType}

@@ -51,16 +51,21 @@ class Room:
         return self.name
 
 
+# The room names of the broadcaster's routing (one per event): what Room(kind, id).name gives,
+# without building a Room.
+_USER, _PROJECT, _AGENT = (f"{kind.value}:" for kind in (RoomKind.USER, RoomKind.PROJECT, RoomKind.AGENT))
+
+
 def user_room(user_id: UUID | str) -> str:
-    return Room(RoomKind.USER, _uuid(user_id)).name
+    return _USER + str(_uuid(user_id))
 
 
 def project_room(project_id: UUID | str) -> str:
-    return Room(RoomKind.PROJECT, _uuid(project_id)).name
+    return _PROJECT + str(_uuid(project_id))
 
 
 def agent_room(agent_id: UUID | str) -> str:
-    return Room(RoomKind.AGENT, _uuid(agent_id)).name
+    return _AGENT + str(_uuid(agent_id))
 
 
 def _uuid(value: UUID | str) -> UUID:
