@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     disconnect_on_token_expiry: bool = True
     # permessage-deflate: off by default (3x the memory per connection; see bench/README.md)
     websocket_compression: bool = False
+    # A WebSocket client that has this much sent to it and not yet read is dropped (it reconnects).
+    websocket_max_buffer_bytes: int = Field(default=16 * 1024 * 1024, ge=65_536)
 
     # Logging: LOG_FILE="" turns the file off (containers log to stderr only).
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -91,7 +91,7 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
             return
         encoded = pkt.encode_cache
         if isinstance(encoded, FramedStr):
-            ws.write_frame(encoded.frame)
+            ws.send_framed(encoded, encoded.frame)
         else:
             ws.send_message(pkt.encode())
 
@@ -123,7 +123,7 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
         else:
             self.connected = True
             self.upgraded = True
-        handed = hand_off(self)
+        handed = hand_off(self, self.server.max_send_buffer_bytes)
         if handed is None:  # closed during the handshake
             await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
             return
@@ -292,8 +292,13 @@ def _spawn(coro: Any) -> None:
 class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
     """python-engineio's ASGI server, using :class:`FastSocket` and :class:`FramedWebSocket`."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    #: What a handed-off WebSocket may hold unsent before its client is dropped.
+    max_send_buffer_bytes = 16 * 1024 * 1024
+
+    def __init__(self, *args: Any, max_send_buffer_bytes: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if max_send_buffer_bytes is not None:
+            self.max_send_buffer_bytes = max_send_buffer_bytes
         self._async: dict[str, Any] = {**self._async, "websocket": FramedWebSocket}
 
     async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:

@@ -84,6 +84,7 @@ def create_server(settings: Settings) -> socketio.AsyncServer:
         max_http_buffer_size=settings.max_payload_bytes,
         ping_interval=settings.ping_interval_seconds,
         ping_timeout=settings.ping_timeout_seconds,
+        max_send_buffer_bytes=settings.websocket_max_buffer_bytes,
         logger=_library_logger("socketio"),
         engineio_logger=_library_logger("engineio"),
     )

@@ -399,6 +399,35 @@ async def test_a_client_that_stops_reading_never_delays_the_others(server: Runni
         assert (await fast.call("ping"))["status"] == "pong"
 
 
+async def test_a_client_that_leaves_too_much_unread_is_dropped_and_nobody_else_is(
+    server: RunningServer, connect, http, token, monkeypatch
+):
+    sio = server.app.app.other_asgi_app.state.sio
+    monkeypatch.setattr(sio.eio, "max_send_buffer_bytes", 1_000_000)  # WEBSOCKET_MAX_BUFFER_BYTES
+    agent = uuid4()
+    room = f"agent:{agent}"
+    fast = await connect(make_token())
+    await fast.call("subscribe", {"room": room})
+    admin = {"Authorization": f"Bearer {make_token(roles=['admin'])}"}
+    async with raw_subscriber(server, http, token, room, members=2):
+        count = 400  # 20 MB: past the socket buffers and the 1 MB allowed unread
+        names = []
+        for i in range(count):
+            await get_broadcaster().broadcast_agent_status_changed(
+                agent_id=agent, agent_name=f"{i}", status="busy", availability=50, current_task="x" * 50_000
+            )
+            # the fast client reads as it goes (it shares this event loop with the server)
+            names.append((await fast.expect("agent.status_changed"))["data"]["agent_name"])
+        assert names == [str(i) for i in range(count)]
+
+        async def slow_one_dropped() -> bool:
+            stats = (await http.get("/api/v1/websocket/stats", headers=admin)).json()
+            return bool(stats["rooms"].get(room) == 1)
+
+        await eventually(slow_one_dropped, what="the slow client dropped from the room")
+        assert (await fast.call("ping"))["status"] == "pong"
+
+
 async def test_closing_a_long_polling_session_answers_its_pending_poll(server: RunningServer, token):
     """A client's CLOSE ends its pending long-poll GET at once (python-engineio alone leaves it
     open for ping_interval + ping_timeout, which also holds up a graceful shutdown)."""

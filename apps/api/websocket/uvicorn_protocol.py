@@ -25,7 +25,8 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-#: Scope extension: ``hand_off(receiver)`` turns the open WebSocket over to ``receiver``; it returns
+#: Scope extension: ``hand_off(receiver, max_buffer)`` turns the open WebSocket over to ``receiver``
+#: (the connection is dropped when more than ``max_buffer`` bytes wait to be sent); it returns
 #: ``(websocket, messages)``: the :class:`HandedOffWebSocket` and what arrived before the hand-off,
 #: in order, which the receiver must take first; or None if the connection is already closing.
 HAND_OFF_KEY = "ext.websocket.hand_off"
@@ -33,7 +34,13 @@ HAND_OFF_KEY = "ext.websocket.hand_off"
 #: Seconds to wait for the peer's reply to our close frame before dropping the connection.
 CLOSE_TIMEOUT = 5.0
 
-logger = logging.getLogger("uvicorn.error")
+logger = logging.getLogger(__name__)
+uvicorn_logger = logging.getLogger("uvicorn.error")  # what uvicorn's own protocol logs to
+
+
+def _peer(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "-"
 
 
 class Receiver(Protocol):
@@ -46,8 +53,9 @@ class Receiver(Protocol):
 
 class HandedOffWebSocket(asyncio.Protocol):
     """An open WebSocket (server side) delivering each complete message to its receiver as it is
-    parsed, with no task or queue of its own. Writes go straight to the transport, which buffers
-    what the peer has not taken yet; the order of frames is the order of writes."""
+    parsed, with no task of its own. Writes go to the transport while it takes them; while the
+    transport's buffer is over its high-water mark they wait here, in order, and go out together
+    when it drains; a client with more than ``max_buffer`` bytes waiting is dropped."""
 
     __slots__ = (
         "close_timer",
@@ -56,38 +64,97 @@ class HandedOffWebSocket(asyncio.Protocol):
         "connections",
         "fragments",
         "fragments_text",
+        "max_buffer",
+        "paused",
+        "pending",
+        "pending_bytes",
         "receiver",
         "transport",
     )
 
-    def __init__(self, transport: asyncio.Transport, conn: ServerProtocol, receiver: Receiver, connections: set[Any]):
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        conn: ServerProtocol,
+        receiver: Receiver,
+        connections: set[Any],
+        max_buffer: int = 16 * 1024 * 1024,
+        *,
+        paused: bool = False,
+    ):
         self.transport = transport
         self.conn = conn
         self.receiver: Receiver | None = receiver
         self.connections = connections
+        self.max_buffer = max_buffer
         self.fragments: list[bytes] = []
         self.fragments_text = False
         self.closing = False
         self.close_timer: asyncio.TimerHandle | None = None
+        self.paused = paused
+        self.pending: list[bytes] | None = None  # what waits for the transport to drain
+        self.pending_bytes = 0
 
     # writing
 
-    def write_frame(self, frame: bytes) -> bool:
-        """Write a complete frame (built by the caller); False if the connection is closing."""
-        if self.closing or self.transport.is_closing():
-            return False
-        self.transport.write(frame)
-        return True
+    def send_framed(self, text: str, frame: bytes) -> None:
+        """Send the text message ``text``, whose frame the caller built once for every recipient:
+        written as is, unless this connection compresses (permessage-deflate negotiated), in
+        which case websockets frames and compresses it for this connection."""
+        if self.closing:
+            return
+        if self.conn.extensions:
+            self.conn.send_text(text.encode())
+            self._flush()
+        else:
+            self._write(frame)
 
     def send_message(self, data: str | bytes) -> None:
         """Frame ``data`` (text or binary) and write it."""
-        if self.closing or self.transport.is_closing():
+        if self.closing:
             return
         if isinstance(data, str):
             self.conn.send_text(data.encode())
         else:
             self.conn.send_binary(data)
         self._flush()
+
+    def _write(self, data: bytes) -> None:
+        if not self.paused:
+            self.transport.write(data)
+            return
+        if self.pending is None:
+            self.pending = []
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+        if self.pending_bytes > self.max_buffer:
+            self._drop_slow_client()
+
+    def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self._write(b"".join(data))
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        pending, self.pending, self.pending_bytes = self.pending, None, 0
+        if pending and not self.transport.is_closing():
+            self.transport.write(b"".join(pending))  # in one write (and one system call, if it fits)
+
+    def _drop_slow_client(self) -> None:
+        """The client has not read what it was sent, by more than ``max_buffer`` bytes: drop the
+        connection (a close frame would wait behind all of it). socket.io-client reconnects."""
+        logger.warning(
+            "websocket client %s dropped: more than %d bytes sent to it are unread",
+            _peer(self.transport),
+            self.max_buffer,
+        )
+        self.closing = True
+        self.pending, self.pending_bytes = None, 0
+        self.transport.abort()
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake; the connection is dropped when the peer answers, or after
@@ -100,16 +167,12 @@ class HandedOffWebSocket(asyncio.Protocol):
         if self.conn.state is State.OPEN:
             self.conn.send_close(code, reason)
             self._flush()
-        self.close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.transport.close)
+        # a peer that does not answer in time, or does not even read, is dropped
+        self.close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.transport.abort)
 
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: 1012, service restart."""
         self.close(1012)
-
-    def _flush(self) -> None:
-        data = self.conn.data_to_send()
-        if data:
-            self.transport.write(b"".join(data))
 
     # reading
 
@@ -177,7 +240,7 @@ class HandOffProtocol(WebSocketsSansIOProtocol):
         if getattr(self, "scope", None) is not None and self.response.status_code == 101:
             self.scope["extensions"][HAND_OFF_KEY] = self.hand_off  # type: ignore[assignment]
 
-    def hand_off(self, receiver: Receiver) -> tuple[HandedOffWebSocket, list[str | bytes]] | None:
+    def hand_off(self, receiver: Receiver, max_buffer: int) -> tuple[HandedOffWebSocket, list[str | bytes]] | None:
         if (
             not self.handshake_complete
             or self.initial_response is not None
@@ -194,7 +257,9 @@ class HandOffProtocol(WebSocketsSansIOProtocol):
                 return None  # a disconnect is on its way: nothing to hand over
             text, data = message.get("text"), message.get("bytes")
             pending.append(text if text is not None else data or b"")
-        handed = HandedOffWebSocket(self.transport, self.conn, receiver, self.connections)
+        handed = HandedOffWebSocket(
+            self.transport, self.conn, receiver, self.connections, max_buffer, paused=not self.writable.is_set()
+        )
         self.handed_off = True
         self.stop_keepalive()
         self.connections.discard(self)
@@ -216,14 +281,14 @@ class HandOffProtocol(WebSocketsSansIOProtocol):
         except ClientDisconnected:
             pass
         except BaseException:
-            logger.exception("Exception in ASGI application\n")
+            uvicorn_logger.exception("Exception in ASGI application\n")
             self.send_500_response()
         else:
             if not self.handshake_complete:
-                logger.error("ASGI callable returned without completing handshake.")
+                uvicorn_logger.error("ASGI callable returned without completing handshake.")
                 self.send_500_response()
             elif result is not None:
-                logger.error("ASGI callable should return None, but returned '%s'.", result)
+                uvicorn_logger.error("ASGI callable should return None, but returned '%s'.", result)
         if self.close_timer is None and not self.handed_off:
             self.transport.close()
 

@@ -1,0 +1,173 @@
+"""HandedOffWebSocket, the protocol an Engine.IO WebSocket becomes once open, against a real
+websockets client protocol (sans-I/O, in memory): what it delivers, what it writes, how it closes.
+The end-to-end behaviour (real servers and clients) is in test_engine.py."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from websockets.client import ClientProtocol
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory, ServerPerMessageDeflateFactory
+from websockets.frames import Frame, Opcode
+from websockets.server import ServerProtocol
+from websockets.uri import parse_uri
+
+from apps.api.websocket.engine import FramedStr
+from apps.api.websocket.uvicorn_protocol import HandedOffWebSocket
+
+
+class Transport(asyncio.Transport):
+    """What the protocol wrote, and whether it closed the connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = False
+        self.aborted = False
+
+    def write(self, data: Any) -> None:
+        assert not self.closed, "write after close"
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = self.aborted = True
+
+    def get_write_buffer_size(self) -> int:
+        return len(self.written)
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.messages: list[str | bytes] = []
+        self.closed = 0
+
+    def ws_message(self, data: str | bytes) -> None:
+        self.messages.append(data)
+
+    def ws_closed(self) -> None:
+        self.closed += 1
+
+
+def handshake(deflate: bool) -> tuple[ClientProtocol, ServerProtocol]:
+    client = ClientProtocol(parse_uri("ws://127.0.0.1/ws"), extensions=[ClientPerMessageDeflateFactory()])
+    server = ServerProtocol(extensions=[ServerPerMessageDeflateFactory()] if deflate else [])
+    client.send_request(client.connect())
+    server.receive_data(b"".join(client.data_to_send()))
+    server.send_response(server.accept(server.events_received()[0]))
+    client.receive_data(b"".join(server.data_to_send()))
+    client.events_received()
+    return client, server
+
+
+class Pair:
+    def __init__(self, deflate: bool = False) -> None:
+        self.client, conn = handshake(deflate)
+        self.transport = Transport()
+        self.receiver = Receiver()
+        self.connections: set[Any] = set()
+        self.ws = HandedOffWebSocket(self.transport, conn, self.receiver, self.connections)
+        self.connections.add(self.ws)
+
+    def from_client(self) -> None:
+        self.ws.data_received(b"".join(self.client.data_to_send()))
+
+    def to_client(self) -> list[Frame]:
+        self.client.receive_data(bytes(self.transport.written))
+        self.transport.written.clear()
+        return [event for event in self.client.events_received() if isinstance(event, Frame)]
+
+
+async def test_a_prebuilt_frame_is_written_as_is_when_nothing_is_negotiated():
+    pair = Pair()
+    framed = FramedStr.of('42/ws,["agent.connected",{"a":1}]')
+    pair.ws.send_framed(framed, framed.frame)
+    assert bytes(pair.transport.written) == framed.frame
+    assert [(f.opcode, f.data.decode()) for f in pair.to_client()] == [(Opcode.TEXT, framed)]
+
+
+async def test_a_connection_that_negotiated_compression_gets_compressed_frames():
+    pair = Pair(deflate=True)
+    framed = FramedStr.of("42/ws," + '{"x":"' + "a" * 5000 + '"}')
+    pair.ws.send_framed(framed, framed.frame)
+    written = bytes(pair.transport.written)
+    assert written[0] == 0xC1 and len(written) < 200  # FIN + RSV1 (compressed) + text, deflated
+    assert [f.data.decode() for f in pair.to_client()] == [framed]
+
+
+async def test_messages_from_the_client_are_delivered_whole_and_in_order():
+    pair = Pair()
+    pair.client.send_text(b"40/ws,{}")
+    pair.client.send_text(b"42/ws,", fin=False)
+    pair.client.send_continuation(b'["a"]', fin=True)
+    pair.client.send_binary(b"\x01\x02")
+    pair.from_client()
+    assert pair.receiver.messages == ["40/ws,{}", '42/ws,["a"]', b"\x01\x02"]
+
+
+async def test_a_ping_is_answered_and_a_close_is_answered_then_the_connection_ends():
+    pair = Pair()
+    pair.client.send_ping(b"hi")
+    pair.from_client()
+    assert [(f.opcode, f.data) for f in pair.to_client()] == [(Opcode.PONG, b"hi")]
+    pair.client.send_close(1000)
+    pair.from_client()
+    assert [f.opcode for f in pair.to_client()] == [Opcode.CLOSE] and pair.transport.closed
+    pair.ws.connection_lost(None)
+    assert pair.receiver.closed == 1 and pair.connections == set()
+    pair.ws.connection_lost(None)  # the receiver hears of it once
+    assert pair.receiver.closed == 1
+
+
+async def test_invalid_utf8_text_closes_with_1007_and_delivers_nothing():
+    pair = Pair()
+    pair.client.send_text(b"\xff\xfe")
+    pair.from_client()
+    assert pair.receiver.messages == []
+    (close,) = pair.to_client()
+    assert close.opcode is Opcode.CLOSE and int.from_bytes(close.data[:2], "big") == 1007
+
+
+@pytest.mark.parametrize("code", [1000, 1012])
+async def test_closing_sends_a_close_frame_and_nothing_after_it(code):
+    pair = Pair()
+    pair.ws.close(code)
+    framed = FramedStr.of("42/ws,[]")
+    pair.ws.send_framed(framed, framed.frame)  # dropped: the connection is closing
+    (close,) = pair.to_client()
+    assert close.opcode is Opcode.CLOSE and int.from_bytes(close.data[:2], "big") == code
+    pair.from_client()  # the client's reply (websockets queued it) ends the connection
+    assert pair.transport.closed
+
+
+async def test_while_the_transport_is_full_frames_wait_in_order_and_go_out_together():
+    pair = Pair()
+    frames = [FramedStr.of(f"42/ws,[{i}]") for i in range(3)]
+    pair.ws.send_framed(frames[0], frames[0].frame)
+    pair.ws.pause_writing()  # the transport's buffer passed its high-water mark
+    pair.ws.send_framed(frames[1], frames[1].frame)
+    pair.ws.send_framed(frames[2], frames[2].frame)
+    assert bytes(pair.transport.written) == frames[0].frame
+    pair.ws.resume_writing()
+    assert [f.data.decode() for f in pair.to_client()] == frames
+
+
+async def test_a_client_that_leaves_more_than_max_buffer_unread_is_dropped():
+    pair = Pair()
+    pair.ws.max_buffer = 10_000
+    pair.ws.pause_writing()  # and it never drains
+    framed = FramedStr.of("x" * 4000)
+    pair.ws.send_framed(framed, framed.frame)
+    pair.ws.send_framed(framed, framed.frame)
+    assert not pair.transport.closed
+    pair.ws.send_framed(framed, framed.frame)  # 12 KB waiting
+    assert pair.transport.aborted and pair.transport.written == b""
+    pair.ws.send_framed(framed, framed.frame)  # nothing more is kept
+    assert pair.ws.pending is None
