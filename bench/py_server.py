@@ -113,8 +113,10 @@ async def run_schedule(spec: dict[str, Any]) -> dict[str, Any]:
                 # Behind schedule: still yield, as a real producer's awaits would, so writes go out.
                 await asyncio.sleep(0)
             # Timers have millisecond steps and may fire early: never send before the scheduled time.
+            # A wait shorter than 1 ms sleeps 1 ms, as Node's setTimeout does (node_server.mjs): a
+            # shorter timer fires at once under uvloop, and the loop would spin until the time came.
             while (wait := sched - clock()) > 0:  # noqa: ASYNC110 (a timer, not waiting for an event)
-                await asyncio.sleep(wait)
+                await asyncio.sleep(max(wait, 0.001))
         else:
             if i:
                 await asyncio.sleep(0)
