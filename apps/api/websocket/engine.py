@@ -245,7 +245,7 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
         return packets
 
 
-class FramedWebSocket(eio_asgi.WebSocket):  # type: ignore[misc]
+class HandOffWebSocket(eio_asgi.WebSocket):  # type: ignore[misc]
     """python-engineio's ASGI WebSocket, exposing the hand-off of the service's uvicorn protocol."""
 
     hand_off: Any = None
@@ -290,7 +290,7 @@ def _spawn(coro: Any) -> None:
 
 
 class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
-    """python-engineio's ASGI server, using :class:`FastSocket` and :class:`FramedWebSocket`."""
+    """python-engineio's ASGI server, using :class:`FastSocket` and :class:`HandOffWebSocket`."""
 
     #: What a handed-off WebSocket may hold unsent before its client is dropped.
     max_send_buffer_bytes = 16 * 1024 * 1024
@@ -299,7 +299,7 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         if max_send_buffer_bytes is not None:
             self.max_send_buffer_bytes = max_send_buffer_bytes
-        self._async: dict[str, Any] = {**self._async, "websocket": FramedWebSocket}
+        self._async: dict[str, Any] = {**self._async, "websocket": HandOffWebSocket}
 
     async def _service_task(self) -> None:
         """Close the sessions whose client stopped answering pings, and forget closed ones.
