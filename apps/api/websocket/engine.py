@@ -33,6 +33,7 @@ from engineio import packet as eio_packet
 from engineio.async_drivers import asgi as eio_asgi
 from engineio.async_socket import AsyncSocket
 
+from apps.api.websocket.asgi_environ import translate_request
 from apps.api.websocket.uvicorn_protocol import HAND_OFF_KEY, HandedOffWebSocket
 
 logger = logging.getLogger(__name__)
@@ -290,7 +291,8 @@ def _spawn(coro: Any) -> None:
 
 
 class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
-    """python-engineio's ASGI server, using :class:`FastSocket` and :class:`HandOffWebSocket`."""
+    """python-engineio's ASGI server, using :class:`FastSocket`, :class:`HandOffWebSocket` and
+    :func:`~apps.api.websocket.asgi_environ.translate_request`."""
 
     #: What a handed-off WebSocket may hold unsent before its client is dropped.
     max_send_buffer_bytes = 16 * 1024 * 1024
@@ -299,7 +301,11 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         if max_send_buffer_bytes is not None:
             self.max_send_buffer_bytes = max_send_buffer_bytes
-        self._async: dict[str, Any] = {**self._async, "websocket": HandOffWebSocket}
+        self._async: dict[str, Any] = {
+            **self._async,
+            "translate_request": translate_request,
+            "websocket": HandOffWebSocket,
+        }
 
     async def _service_task(self) -> None:
         """Close the sessions whose client stopped answering pings, and forget closed ones.

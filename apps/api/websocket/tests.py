@@ -469,3 +469,16 @@ async def test_a_connection_keeps_only_the_environ_it_needs(server: RunningServe
     assert set(environ) <= _ENVIRON_KEPT
     assert environ["HTTP_AUTHORIZATION"] == f"Bearer {token}" and "HTTP_USER_AGENT" not in environ
     assert (await client.call("ping"))["status"] == "pong"
+
+
+async def test_a_connection_is_logged_with_its_clients_address(server: RunningServer, connect, token, caplog):
+    """The client's address (from a trusted proxy's X-Forwarded-For), not python-engineio's fixed
+    127.0.0.1, in the stored environ and in the connection log line."""
+    sio = server.app.app.other_asgi_app.state.sio
+    client = await connect(token, headers={"X-Forwarded-For": "203.0.113.7"})
+    await client.expect("connection_established")
+    environ = sio.environ[sio.manager.eio_sid_from_sid(client.sid, "/ws")]
+    assert environ["REMOTE_ADDR"] == "203.0.113.7"
+    assert any(
+        "websocket connected" in r.getMessage() and "remote=203.0.113.7" in r.getMessage() for r in caplog.records
+    )

@@ -272,6 +272,9 @@ class HandOffProtocol(WebSocketsSansIOProtocol):
         # need not (the ASGI scope has its own copy, which goes with this protocol when the app's
         # task ends).
         self.request.headers.clear()
+        # the extension refers to this protocol, which refers to the scope: without this the two
+        # would wait for the cyclic garbage collector once the app returns
+        self.scope["extensions"].pop(HAND_OFF_KEY, None)
         return handed, pending
 
     async def run_asgi(self) -> None:
