@@ -145,7 +145,10 @@ class ClientEvents:
         if not self.disconnect_on_expiry or expires_at is None:
             return
         delay = (expires_at - datetime.now(UTC)).total_seconds() + self.verifier.leeway_seconds
-        conn.expiry = asyncio.get_running_loop().call_later(max(delay, 0), lambda: self._spawn(self._expire(conn.sid)))
+        conn.expiry = asyncio.get_running_loop().call_later(max(delay, 0), self._expired, conn.sid)
+
+    def _expired(self, sid: str) -> None:
+        self._spawn(self._expire(sid))
 
     async def _expire(self, sid: str) -> None:
         logger.info("websocket token expired sid=%s: disconnecting", sid)

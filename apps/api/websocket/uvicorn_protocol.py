@@ -87,7 +87,7 @@ class HandedOffWebSocket(asyncio.Protocol):
         self.receiver: Receiver | None = receiver
         self.connections = connections
         self.max_buffer = max_buffer
-        self.fragments: list[bytes] = []
+        self.fragments: list[bytes] | None = None  # a fragmented message being received
         self.fragments_text = False
         self.closing = False
         self.close_timer: asyncio.TimerHandle | None = None
@@ -196,10 +196,10 @@ class HandedOffWebSocket(asyncio.Protocol):
                 self._message(bytes(frame.data), opcode is Opcode.TEXT)
             else:
                 self.fragments, self.fragments_text = [bytes(frame.data)], opcode is Opcode.TEXT
-        elif opcode is Opcode.CONT:
+        elif opcode is Opcode.CONT and self.fragments is not None:  # websockets checks the sequence
             self.fragments.append(bytes(frame.data))
             if frame.fin:
-                data, self.fragments = b"".join(self.fragments), []
+                data, self.fragments = b"".join(self.fragments), None
                 self._message(data, self.fragments_text)
 
     def _message(self, data: bytes, text: bool) -> None:
