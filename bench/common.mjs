@@ -38,9 +38,12 @@ export function agentId(n) {
 }
 
 /** ``current_task`` of event ``seq`` scheduled at ``schedMs`` (monoNow()): fixed width, so every
- * envelope has the same size. The load generator reads the scheduled send time back from it. */
+ * envelope has the same size. The load generator reads the scheduled send time back from it. The
+ * time is cut (not rounded) to 0.1 ms: rounded up, an event delivered within 0.05 ms of its send
+ * time would seem to arrive before it was sent. */
 export function marker(seq, schedMs) {
-  return `${String(seq).padStart(5, "0")}:${schedMs.toFixed(1).padStart(15, "0")}`;
+  const cut = Math.floor(schedMs * 10) / 10;
+  return `${String(seq).padStart(5, "0")}:${cut.toFixed(1).padStart(15, "0")}`;
 }
 
 /** ``[seq, schedMs]`` from a marker (also inside ``"bench <marker>"``, the HTTP scenario's name). */

@@ -9,6 +9,7 @@ python-socketio's own path.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -65,8 +66,13 @@ async def deliver_locally(
 
 def event_packet(namespace: str, event: str, json_args: str) -> str:
     """The Socket.IO EVENT packet text for ``event`` with one argument given as JSON text."""
+    return f"{_packet_head(namespace, event)}{json_args}]"
+
+
+@functools.lru_cache(maxsize=256)
+def _packet_head(namespace: str, event: str) -> str:
     prefix = "2" if namespace == "/" else f"2{namespace},"
-    return f"{prefix}[{json.dumps(event)},{json_args}]"
+    return f"{prefix}[{json.dumps(event)},"
 
 
 class RoomIndex:
