@@ -187,7 +187,9 @@ class HandedOffWebSocket(asyncio.Protocol):
             # a protocol error or an oversized message (websockets has queued the close frame), or
             # the closing handshake is over
             self.closing = True
-            self.transport.close()
+            self.transport.close()  # once what is buffered is written...
+            if self.close_timer is None:  # ...or not, if the peer does not read it
+                self.close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.transport.abort)
 
     def _frame(self, frame: Frame) -> None:
         opcode = frame.opcode
