@@ -227,3 +227,17 @@ async def test_an_undecodable_packet_closes_only_that_connection_with_one_warnin
     assert len(warnings) == 1 and "clos" in warnings[0].getMessage(), [w.getMessage() for w in warnings]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no traceback
     assert (await bystander.call("ping"))["status"] == "pong"
+
+
+@pytest.mark.parametrize("transports", [["websocket"], ["polling"], ["polling", "websocket"]])
+async def test_binary_packets_cross_in_both_directions(server, connect, transports):
+    """Socket.IO binary attachments (a text packet, then a binary frame per attachment) through
+    the hand-off, long-polling and the upgrade: an ack for a binary event, a binary event out."""
+    client = await connect(make_token(), transports=transports)
+    await client.expect("connection_established")
+    reply = await client.call("ping", {"blob": b"\x00\x01\xfe\xff" * 100})
+    assert reply["status"] == "pong"
+    sio = server.app.app.other_asgi_app.state.sio
+    await sio.emit("binary.test", {"blob": b"\x00\xff" * 1000, "n": 1}, to=client.sid, namespace="/ws")
+    received = await client.expect("binary.test")
+    assert received == {"blob": b"\x00\xff" * 1000, "n": 1}

@@ -537,7 +537,7 @@ async def test_connect_options(run_js, member_id, member_token, mode, transport)
         assert event["data"]["user_id"] == str(member_id)
         assert event["data"]["connection_id"] == ready["socket_id"]
         assert ready["debug_rooms"]["rooms"] == sorted(["global", f"user:{member_id}"])
-        assert ready["pong"] == "pong"
+        assert ready["pong"] == ready["binary_pong"] == "pong"
         assert ready["transport"] == transport
         assert ready["upgrades"] == ([] if transport == "polling" else ["websocket"])
         workflow = await send_marker(member_id)

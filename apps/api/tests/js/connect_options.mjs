@@ -54,12 +54,15 @@ run(async () => {
   }
   const rooms = await debugRooms(socket);
   const pong = await socket.timeout(8000).emitWithAck("ping", {});
+  // a binary attachment: Socket.IO sends a text packet, then the bytes in a frame (or payload) of their own
+  const binaryPong = await socket.timeout(8000).emitWithAck("ping", { blob: new Uint8Array([0, 1, 254, 255]) });
   report({
     ready: {
       event: established[0],
       socket_id: socket.id,
       debug_rooms: rooms,
       pong: pong.status,
+      binary_pong: binaryPong.status,
       transport: socket.io.engine.transport.name,
       upgrades,
     },
