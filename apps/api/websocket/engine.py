@@ -323,7 +323,7 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
 
         python-engineio visits one socket at a time, each visit an ``asyncio.wait_for`` (a Task on
         Python 3.11) spaced ``ping_timeout / N`` apart: 500 Tasks a second with 10,000 clients,
-        which made most of an idle instance's CPU. Here one sweep of plain checks (about 1 us a
+        a large share of an idle instance's CPU. Here one sweep of plain checks (about 1 us a
         socket) runs every ``ping_timeout / 4`` seconds, 5 s at most: a silent client is closed
         within 1.25 x ``ping_timeout`` of its missed PONG (python-engineio: within 2 x)."""
         self.service_task_event = self.create_event()
