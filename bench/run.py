@@ -618,31 +618,45 @@ def part_idle_rooms(sess: Session, lg: LoadGen, server: Server, scenarios: set[s
     sess.record(f"rooms-{n}", figures)
 
 
+def fanout_room_ready(lg: LoadGen, server: Server, n: int, prof: Profile) -> int:
+    """Clients 0..n-1 connected, in the fan-out room, settled and warmed up; answers how many are
+    connected."""
+    live: int = ensure_clients(lg, server, n, prof, [f"agent:{agent_id(FANOUT_AGENT)}"])["clients"]
+    time.sleep(prof.settle_s)
+    emit_warm_up(lg, server, live, agent_base=FANOUT_AGENT)
+    return live
+
+
+def measure_paced_fanout(
+    servers: list[Server], lg: LoadGen, sender: Server, recipients: int, count: int, interval: float, prof: Profile
+) -> dict[str, Any]:
+    """``count`` events ``interval`` seconds apart from ``sender`` to the fan-out room, measured
+    until all ``recipients`` have each of them."""
+    spec = {
+        "count": count,
+        "rate": 1 / interval,
+        "agent_base": FANOUT_AGENT,
+        "rooms": 1,
+        "max_seconds": count * interval * 2 + 5,
+    }
+    return measure(
+        servers,
+        lg,
+        emit_trigger(sender, spec),
+        recipients * count,
+        quiet_s=prof.quiet_s,
+        deadline_s=count * interval * 3 + 15,
+    )
+
+
 def part_fanout(sess: Session, lg: LoadGen, server: Server, size: int) -> int:
     """Fan-out to one room of ``size`` clients; answers how many clients are connected."""
     prof = sess.prof
-    live = ensure_clients(lg, server, size, prof, [f"agent:{agent_id(FANOUT_AGENT)}"])["clients"]
-    time.sleep(prof.settle_s)
-    emit_warm_up(lg, server, live, agent_base=FANOUT_AGENT)
-    k = prof.fanout_events
-    spec = {
-        "count": k,
-        "rate": 1 / prof.fanout_interval,
-        "agent_base": FANOUT_AGENT,
-        "rooms": 1,
-        "max_seconds": k * prof.fanout_interval * 2 + 5,
-    }
+    live = fanout_room_ready(lg, server, size, prof)
     figures = sess.repeat(
         [server],
         lg,
-        lambda: measure(
-            [server],
-            lg,
-            emit_trigger(server, spec),
-            live * k,
-            quiet_s=prof.quiet_s,
-            deadline_s=k * prof.fanout_interval * 3 + 15,
-        ),
+        lambda: measure_paced_fanout([server], lg, server, live, prof.fanout_events, prof.fanout_interval, prof),
         prof.repeat,
     )
     figures["clients"] = live
@@ -650,48 +664,44 @@ def part_fanout(sess: Session, lg: LoadGen, server: Server, size: int) -> int:
     return live
 
 
+def measure_rate(lg: LoadGen, server: Server, live: int, rate: float, prof: Profile) -> dict[str, Any]:
+    """``rate`` events a second for ``rate_seconds`` to the fan-out room of ``live`` clients."""
+    count = int(rate * prof.rate_seconds)
+    spec = {
+        "count": count,
+        "rate": rate,
+        "agent_base": FANOUT_AGENT,
+        "rooms": 1,
+        "max_seconds": prof.rate_seconds * 2 + 3,
+    }
+    figures = measure(
+        [server],
+        lg,
+        emit_trigger(server, spec),
+        count * live,
+        quiet_s=prof.quiet_s,
+        deadline_s=prof.rate_seconds * 3 + 10,
+    )
+    figures.update(rate=rate, clients=live)
+    return figures
+
+
 def part_rate(sess: Session, lg: LoadGen, server: Server) -> None:
     """A steady rate to one room of ``rate_clients``, rate after rate, until the server no longer
     sustains it (see SUSTAIN_P99_MS); the highest rate it keeps up with is the p99 < 50 ms one."""
     prof = sess.prof
     n = prof.rate_clients
-    live = ensure_clients(lg, server, n, prof, [f"agent:{agent_id(FANOUT_AGENT)}"])["clients"]
-    time.sleep(prof.settle_s)
-    emit_warm_up(lg, server, live, agent_base=FANOUT_AGENT)
+    live = fanout_room_ready(lg, server, n, prof)
     kept: list[float] = []
     sustained: list[float] = []
     previous: dict[str, Any] | None = None
     for rate in prof.rates:
         drain(lg, previous)
-        count = int(rate * prof.rate_seconds)
-        spec = {
-            "count": count,
-            "rate": rate,
-            "agent_base": FANOUT_AGENT,
-            "rooms": 1,
-            "max_seconds": prof.rate_seconds * 2 + 3,
-        }
-        previous = measure(
-            [server],
-            lg,
-            emit_trigger(server, spec),
-            count * live,
-            quiet_s=prof.quiet_s,
-            deadline_s=prof.rate_seconds * 3 + 10,
-        )
-        previous.update(rate=rate, clients=live)
+        previous = measure_rate(lg, server, live, rate, prof)
         if not previous["sustained"]:
             # One more run before giving up on this rate: a single pause must not end the sweep.
             drain(lg, previous)
-            again = measure(
-                [server],
-                lg,
-                emit_trigger(server, spec),
-                count * live,
-                quiet_s=prof.quiet_s,
-                deadline_s=prof.rate_seconds * 3 + 10,
-            )
-            again.update(rate=rate, clients=live)
+            again = measure_rate(lg, server, live, rate, prof)
             first_p99 = dig(previous, ("latency_ms", "p99"))
             best = (
                 again
@@ -871,26 +881,11 @@ def redis_session(sess: Session) -> None:
             raise BenchError(f"redis: {reply['failed']} connections failed: {reply['errors']}")
         time.sleep(prof.settle_s)
         emit_warm_up(lg, a, n, agent_base=FANOUT_AGENT)
-        k = prof.redis_events
-        spec = {
-            "count": k,
-            "rate": 1 / prof.redis_interval,
-            "agent_base": FANOUT_AGENT,
-            "rooms": 1,
-            "max_seconds": k * prof.redis_interval * 2 + 5,
-        }
 
         def run() -> dict[str, Any]:
             r0 = cpu_seconds(rpid) if rpid else None
             assert lg is not None
-            figures = measure(
-                [a, b],
-                lg,
-                emit_trigger(a, spec),
-                n * k,
-                quiet_s=prof.quiet_s,
-                deadline_s=k * prof.redis_interval * 3 + 15,
-            )
+            figures = measure_paced_fanout([a, b], lg, a, n, prof.redis_events, prof.redis_interval, prof)
             if r0 is not None and rpid:
                 figures["redis_cpu_s"] = round(cpu_seconds(rpid) - r0, 3)
             return figures
