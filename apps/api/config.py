@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     ping_timeout_seconds: float = Field(default=20, gt=0)
     max_rooms_per_connection: int = Field(default=100, ge=2)
     disconnect_on_token_expiry: bool = True
-    # permessage-deflate: off by default (3x the memory per connection; see bench/README.md)
+    # permessage-deflate: off by default (5x the memory per idle connection; see bench/README.md)
     websocket_compression: bool = False
     # A WebSocket client that has this much sent to it and not yet read is dropped (it reconnects).
     websocket_max_buffer_bytes: int = Field(default=16 * 1024 * 1024, ge=65_536)

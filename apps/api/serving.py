@@ -16,7 +16,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "port": settings.port,
         "log_config": None,
         "timeout_graceful_shutdown": settings.shutdown_timeout_seconds,
-        # uvicorn's sans-I/O WebSocket protocol, writing frames built once per emit as they are
+        # uvicorn's sans-I/O WebSocket protocol for the handshake, then the Engine.IO hand-off
         "ws": WEBSOCKET_PROTOCOL,
         # permessage-deflate costs several times the memory per connection, and CPU per recipient
         "ws_per_message_deflate": settings.websocket_compression,

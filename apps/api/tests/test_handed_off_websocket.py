@@ -73,7 +73,7 @@ class Pair:
         self.transport = Transport()
         self.receiver = Receiver()
         self.connections: set[Any] = set()
-        self.ws = HandedOffWebSocket(self.transport, conn, self.receiver, self.connections)
+        self.ws = HandedOffWebSocket(self.transport, conn, self.receiver, self.connections, max_buffer=16 << 20)
         self.connections.add(self.ws)
 
     def from_client(self) -> None:

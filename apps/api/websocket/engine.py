@@ -13,9 +13,9 @@ Everything on the wire stays python-engineio's (pinned in requirements.txt); wha
   (:meth:`FastSocket.send_nowait`, no coroutine, no queue). python-engineio would keep, per
   connection and for its whole life, the ASGI task, a reader Task per message wait (``wait_for``
   on Python 3.11) and a writer Task.
-- Under an ASGI server without that extension, the socket works as python-engineio's does, with
-  a writer that waits without ``asyncio.wait_for``; long-polling is python-engineio's, except that
-  a pending poll is answered as soon as the session closes.
+- Under an ASGI server without that extension, the socket works as python-engineio's does;
+  long-polling is python-engineio's, except that a pending poll is answered as soon as the
+  session closes.
 - The heartbeat is a timer instead of a Task that sleeps; a client that stops answering it is
   closed by python-engineio's service task, as before.
 """
@@ -80,11 +80,7 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
         queued for python-engineio's transports (what ``send`` does)."""
         if self.closed:
             return
-        last_ping = self.last_ping
-        if last_ping and time.time() - last_ping > self.server.ping_timeout:
-            # the client stopped answering pings: close it (python-engineio's check_ping_timeout)
-            if not self.closing:
-                _spawn(self.close(wait=False, reason=self.server.reason.PING_TIMEOUT))
+        if self.last_ping and _close_if_silent(self, time.time()):
             return
         ws = self.ws
         if ws is None:
@@ -225,26 +221,6 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
             if ws is not None:
                 ws.close()
 
-    async def poll(self) -> list[Any]:
-        if not self.upgraded:  # long-polling: the GET must end after ping_interval + ping_timeout
-            packets: list[Any] = await super().poll()
-            return packets
-        # python-engineio's WebSocket writer (no hand-off): no timeout needed here; the reader
-        # times out a silent client and then queues None, which ends the writer.
-        first = await self.queue.get()
-        self.queue.task_done()
-        if first is None:
-            return []
-        packets = [first]
-        while not self.queue.empty():
-            pkt = self.queue.get_nowait()
-            self.queue.task_done()
-            if pkt is None:
-                self.queue.put_nowait(None)
-                break
-            packets.append(pkt)
-        return packets
-
 
 class HandOffWebSocket(eio_asgi.WebSocket):  # type: ignore[misc]
     """python-engineio's ASGI WebSocket, exposing the hand-off of the service's uvicorn protocol."""
@@ -295,6 +271,17 @@ class _NoQueue:
 _NO_QUEUE = _NoQueue()
 
 
+def _close_if_silent(socket: AsyncSocket, now: float) -> bool:
+    """python-engineio's ``check_ping_timeout`` without a coroutine: if the client has not answered
+    the last PING within ``ping_timeout``, start closing the socket and answer True."""
+    last_ping = socket.last_ping
+    if not last_ping or now - last_ping <= socket.server.ping_timeout:
+        return False
+    if not socket.closing:
+        _spawn(socket.close(wait=False, reason=socket.server.reason.PING_TIMEOUT))
+    return True
+
+
 def _spawn(coro: Any) -> None:
     task = asyncio.ensure_future(coro)
     _running.add(task)
@@ -338,8 +325,8 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
             for sid, socket in list(self.sockets.items()):
                 if socket.closed:
                     self.sockets.pop(sid, None)
-                elif not socket.closing and socket.last_ping and now - socket.last_ping > self.ping_timeout:
-                    _spawn(socket.close(wait=False, reason=self.reason.PING_TIMEOUT))
+                else:
+                    _close_if_silent(socket, now)
 
     async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
         if event == "connect":

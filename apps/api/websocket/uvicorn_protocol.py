@@ -78,7 +78,7 @@ class HandedOffWebSocket(asyncio.Protocol):
         conn: ServerProtocol,
         receiver: Receiver,
         connections: set[Any],
-        max_buffer: int = 16 * 1024 * 1024,
+        max_buffer: int,
         *,
         paused: bool = False,
     ):
@@ -167,8 +167,12 @@ class HandedOffWebSocket(asyncio.Protocol):
         if self.conn.state is State.OPEN:
             self.conn.send_close(code, reason)
             self._flush()
-        # a peer that does not answer in time, or does not even read, is dropped
-        self.close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.transport.abort)
+        self._abort_later()  # a peer that does not answer in time, or does not even read
+
+    def _abort_later(self) -> None:
+        """Drop the connection after :data:`CLOSE_TIMEOUT` unless it has ended by then."""
+        if self.close_timer is None:
+            self.close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.transport.abort)
 
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: 1012, service restart."""
@@ -188,8 +192,7 @@ class HandedOffWebSocket(asyncio.Protocol):
             # the closing handshake is over
             self.closing = True
             self.transport.close()  # once what is buffered is written...
-            if self.close_timer is None:  # ...or not, if the peer does not read it
-                self.close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.transport.abort)
+            self._abort_later()  # ...or not, if the peer does not read it
 
     def _frame(self, frame: Frame) -> None:
         opcode = frame.opcode
