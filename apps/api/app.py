@@ -1,36 +1,35 @@
-"""The service as one ASGI app: builds the FastAPI app, the Socket.IO server and wires the
-broadcaster to it. ``create_app(settings)`` is the factory; ``apps/api/main.py`` runs it."""
+"""The composition root: ``create_app(settings)`` builds the FastAPI app with the Socket.IO server
+mounted in it, the backend (memory or Redis), the client event handlers, and wires the process's
+broadcaster to the server. ``apps/api/main.py`` runs it; users extend the app it returns
+(``app.include_router(...)``) as any FastAPI app."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from apps.api.backends import backend_for
 from apps.api.config import Settings, get_settings
 from apps.api.errors import install_error_handlers
 from apps.api.events.broadcaster import get_broadcaster
-from apps.api.events.workflow_routes import RedisWorkflowRoutes, WorkflowDirectory, WorkflowRoutes
 from apps.api.logging_setup import configure_logging
 from apps.api.routes import health, projects, websocket_info
 from apps.api.serving import tune_garbage_collector
-from apps.api.stores.projects import InMemoryProjectStore, ProjectStore
-from apps.api.stores.redis_projects import RedisProjectStore
+from apps.api.websocket import server
 from apps.api.websocket.auth import TokenVerifier
 from apps.api.websocket.connections import Connections
 from apps.api.websocket.events import ClientEvents
-from apps.api.websocket.redis_manager import ResilientRedisManager, redacted
-from apps.api.websocket.server import SocketIOEmitter, create_asgi_app, create_server
+from apps.transport import redacted
 
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> Any:
-    """The service as one ASGI app: Socket.IO at ``/socket.io/`` (namespace ``/ws``) + HTTP API."""
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service: the HTTP API, and Socket.IO at ``/socket.io/`` (namespace ``/ws``)."""
     settings = settings or get_settings()
     configure_logging(settings)
     verifier = TokenVerifier(
@@ -41,16 +40,10 @@ def create_app(settings: Settings | None = None) -> Any:
         leeway_seconds=settings.jwt_leeway_seconds,
         admin_role=settings.jwt_admin_role,
     )
-    sio = create_server(settings)
-    redis_manager: ResilientRedisManager | None = sio.manager if settings.redis_url else None
-    store: ProjectStore
-    workflow_routes: WorkflowDirectory
-    if redis_manager is not None:
-        store = RedisProjectStore(redis_manager.publisher, prefix=settings.redis_key_prefix)
-        workflow_routes = RedisWorkflowRoutes(redis_manager.publisher, prefix=settings.redis_key_prefix)
-    else:
-        store = InMemoryProjectStore()
-        workflow_routes = WorkflowRoutes()
+    backend = backend_for(settings)
+    sio = server.create_server(settings, backend)
+    store = backend.project_store()
+    workflow_routes = backend.workflow_routes()
     connections = Connections()
     ClientEvents(
         sio,
@@ -63,11 +56,9 @@ def create_app(settings: Settings | None = None) -> Any:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if redis_manager is not None:
-            # Subscribe now rather than at the first client, so readiness reflects Redis at once.
-            sio.manager_initialized = True
-            redis_manager.initialize()
-            logger.info("websocket sharing events through Redis at %s", redacted(redis_manager.redis_url))
+        server.start(sio)
+        if backend.redis is not None:
+            logger.info("websocket sharing events through Redis at %s", redacted(backend.redis.url))
         elif settings.environment == "production":
             logger.warning(
                 "websocket running as a single instance in production (REDIS_URL is not set): "
@@ -75,17 +66,14 @@ def create_app(settings: Settings | None = None) -> Any:
             )
         else:
             logger.info("websocket running as a single instance (REDIS_URL is not set)")
-        get_broadcaster().attach(SocketIOEmitter(sio), workflow_routes=workflow_routes)
+        get_broadcaster().attach(server.SocketIOEmitter(sio), workflow_routes=workflow_routes)
         tune_garbage_collector()
         try:
             yield
         finally:
             get_broadcaster().attach(None)
-            if redis_manager is not None:
-                task = getattr(redis_manager, "thread", None)
-                if task is not None:
-                    task.cancel()
-                await redis_manager.close()
+            await server.stop(sio)
+            await backend.aclose()
 
     api = FastAPI(title="Real-time event service", version="1.0.0", lifespan=lifespan)
     api.state.settings = settings
@@ -93,7 +81,7 @@ def create_app(settings: Settings | None = None) -> Any:
     api.state.projects = store
     api.state.connections = connections
     api.state.sio = sio
-    api.state.redis = redis_manager
+    api.state.backend = backend
     api.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
@@ -104,4 +92,5 @@ def create_app(settings: Settings | None = None) -> Any:
     install_error_handlers(api)
     for module in (health, projects, websocket_info):
         api.include_router(module.router)
-    return create_asgi_app(sio, api)
+    server.mount(api, sio)  # outermost: Socket.IO requests never reach the HTTP middleware
+    return api

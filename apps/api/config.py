@@ -48,9 +48,16 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: float = Field(default=10, ge=0)
 
     # Socket.IO
+    # ``service``: the transport in apps/transport (the default); ``stock``: plain python-socketio
+    # and python-engineio on uvicorn's own protocols, if an upgrade ever breaks the transport
+    websocket_transport: Literal["service", "stock"] = "service"
     max_payload_bytes: int = Field(default=1_000_000, ge=1024)
     ping_interval_seconds: float = Field(default=25, gt=0)
     ping_timeout_seconds: float = Field(default=20, gt=0)
+    # An Engine.IO connection that has joined no namespace this long after it opened is closed.
+    connect_timeout_seconds: float = Field(default=45, gt=0)
+    # An HTTP connection whose request head is not complete this long after it opened is closed.
+    http_header_timeout_seconds: float = Field(default=30, gt=0)
     max_rooms_per_connection: int = Field(default=100, ge=2)
     disconnect_on_token_expiry: bool = True
     # permessage-deflate: off by default (5x the memory per idle connection; see bench/README.md)

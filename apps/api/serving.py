@@ -6,22 +6,42 @@ from __future__ import annotations
 import gc
 from typing import Any
 
-from apps.api.config import Settings
-from apps.api.websocket.uvicorn_protocol import WEBSOCKET_PROTOCOL
+from apps.api.config import Settings, get_settings
+from apps.transport import uvicorn_options as transport_options
+from apps.transport.http_protocol import HeadLimitsProtocol
+
+
+class HttpProtocol(HeadLimitsProtocol):
+    """uvicorn's HTTP protocol with the transport's request-head limits, and the head timeout of
+    the settings (``HTTP_HEADER_TIMEOUT_SECONDS``, read in each worker process)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.head_timeout = get_settings().http_header_timeout_seconds
+        super().__init__(*args, **kwargs)
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    return {
+    options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "log_config": None,
         "timeout_graceful_shutdown": settings.shutdown_timeout_seconds,
-        # uvicorn's sans-I/O WebSocket protocol for the handshake, then the Engine.IO hand-off
-        "ws": WEBSOCKET_PROTOCOL,
-        # permessage-deflate costs several times the memory per connection, and CPU per recipient
-        "ws_per_message_deflate": settings.websocket_compression,
-        # Engine.IO's heartbeat already watches every connection
-        "ws_ping_interval": None,
+    }
+    if settings.websocket_transport == "stock":  # uvicorn's own protocols
+        return {
+            **options,
+            "ws": "websockets-sansio",
+            "ws_max_size": settings.max_payload_bytes,
+            "ws_per_message_deflate": settings.websocket_compression,
+            "ws_ping_interval": None,
+        }
+    return {
+        **options,
+        **transport_options(
+            max_message_bytes=settings.max_payload_bytes,
+            compression=settings.websocket_compression,
+            http=f"{__name__}:{HttpProtocol.__name__}",
+        ),
     }
 
 

@@ -15,10 +15,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from apps.api.backends import Backend
 
 from apps.api.events.emitter import DeliveryError, Emitter
 from apps.api.events.routing import FALLBACK_ROOMS, rooms_for
@@ -61,18 +64,6 @@ __all__ = [
 ]
 
 
-def _redis_publisher() -> tuple[Emitter, WorkflowDirectory] | None:
-    """For a process that serves no clients: publish through Redis when ``REDIS_URL`` is set."""
-    from apps.api.config import get_settings
-
-    settings = get_settings()
-    if not settings.redis_url:
-        return None
-    from apps.api.websocket.server import create_publisher
-
-    return create_publisher(settings)
-
-
 class Broadcaster:
     """Publishes typed events. In the service it sends through the local Socket.IO server (which
     shares them through Redis when configured); in any other process, through Redis directly.
@@ -80,11 +71,29 @@ class Broadcaster:
     A call raises :class:`EventValidationError` for bad arguments (nothing sent),
     :class:`DeliveryError` when Redis cannot be reached (no other instance got the event), and
     :class:`BroadcasterNotConfigured` where there is no server and no ``REDIS_URL``.
+
+    A process that publishes without serving opens its connection to Redis at its first call;
+    ``await broadcaster.close()`` (or ``async with get_broadcaster():``) releases it.
     """
 
     def __init__(self, emitter: Emitter | None = None, workflow_routes: WorkflowDirectory | None = None) -> None:
         self._emitter = emitter
         self._workflows: WorkflowDirectory = workflow_routes or WorkflowRoutes()
+        self._backend: Backend | None = None  # opened by this broadcaster, for a process without a server
+
+    async def __aenter__(self) -> Broadcaster:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Release the connection a process without a server opened to publish (nothing to do
+        in the service, whose app owns its connections). The next call opens a new one."""
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            self.attach(None)
+            await backend.aclose()
 
     def attach(self, emitter: Emitter | None, workflow_routes: WorkflowDirectory | None = None) -> None:
         """Send through ``emitter`` from now on (the app does this at startup, and detaches with
@@ -98,14 +107,19 @@ class Broadcaster:
 
     def _transport(self) -> Emitter:
         if self._emitter is None:
-            publisher = _redis_publisher()
+            from apps.api.backends import backend_for
+            from apps.api.config import get_settings
+
+            backend = backend_for(get_settings())
+            publisher = backend.publisher()
             if publisher is None:
                 raise BroadcasterNotConfigured(
                     "get_broadcaster() has nowhere to send: this process runs no Socket.IO server and "
                     "REDIS_URL is not set. Set REDIS_URL (the service's Redis) to publish from here."
                 )
-            self.attach(*publisher)
-            assert self._emitter is not None
+            self.attach(publisher, backend.workflow_routes())
+            self._backend = backend
+            return publisher
         return self._emitter
 
     async def publish(self, event: Event, rooms: list[str]) -> Event:

@@ -6,15 +6,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from apps.api.websocket.protocol import INSTANCE_ID
+from apps.api.websocket.server import subscription_live
 
 router = APIRouter(tags=["health"])
 
 
 async def _redis_state(request: Request) -> str:
-    manager = request.app.state.redis
-    if manager is None:
+    state = request.app.state
+    if state.backend.redis is None:
         return "not_configured"
-    if await manager.ping() and manager.listening:
+    if await state.backend.ping() and subscription_live(state.sio):
         return "ok"
     return "unreachable"
 
@@ -27,7 +28,7 @@ async def health(request: Request) -> dict[str, object]:
     redis = await _redis_state(request)
     return {
         "status": "degraded" if redis == "unreachable" else "ok",
-        "mode": "redis" if state.settings.redis_url else "single",
+        "mode": "single" if state.backend.redis is None else "redis",
         "redis": redis,
         "instance_id": INSTANCE_ID,
         "connections": len(state.connections),

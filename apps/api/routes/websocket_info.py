@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 
 from apps.api.deps import AdminUser
 from apps.api.websocket.protocol import NAMESPACE, SOCKETIO_PATH
+from apps.api.websocket.server import room_sizes
 
 router = APIRouter(tags=["websocket"])
 
@@ -26,6 +27,4 @@ async def websocket_help() -> dict[str, object]:
 async def websocket_stats(request: Request, _: AdminUser) -> dict[str, object]:
     """Connections and members per room on this instance (admins only)."""
     state = request.app.state
-    rooms = state.sio.manager.rooms.get(NAMESPACE, {})
-    members = {name: len(sids) for name, sids in rooms.items() if isinstance(name, str) and name not in sids}
-    return {"connections": len(state.connections), "users": state.connections.users(), "rooms": members}
+    return {"connections": len(state.connections), "users": state.connections.users(), "rooms": room_sizes(state.sio)}

@@ -29,9 +29,9 @@ from apps.api.tests.support import (
     python_cmd,
     start_server_process,
 )
-from apps.api.websocket.engine import FramedStr
-from apps.api.websocket.manager import event_packet
-from apps.api.websocket.uvicorn_protocol import HandedOffWebSocket
+from apps.transport.framing import FramedStr
+from apps.transport.managers import event_packet
+from apps.transport.ws_protocol import HandedOffWebSocket
 
 
 def parse(frame: bytes) -> Frame:
@@ -123,7 +123,7 @@ def _asgi_tasks() -> int:
 
 
 def _engineio_socket(server: RunningServer, client: WsClient) -> Any:
-    sio = server.app.app.other_asgi_app.state.sio  # PathAliases -> socketio.ASGIApp -> FastAPI
+    sio = server.app.state.sio
     return sio.eio.sockets[sio.manager.eio_sid_from_sid(client.sid, "/ws")]
 
 
@@ -237,7 +237,7 @@ async def test_binary_packets_cross_in_both_directions(server, connect, transpor
     await client.expect("connection_established")
     reply = await client.call("ping", {"blob": b"\x00\x01\xfe\xff" * 100})
     assert reply["status"] == "pong"
-    sio = server.app.app.other_asgi_app.state.sio
+    sio = server.app.state.sio
     await sio.emit("binary.test", {"blob": b"\x00\xff" * 1000, "n": 1}, to=client.sid, namespace="/ws")
     received = await client.expect("binary.test")
     assert received == {"blob": b"\x00\xff" * 1000, "n": 1}

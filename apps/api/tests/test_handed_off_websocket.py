@@ -14,8 +14,8 @@ from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from apps.api.websocket.engine import FramedStr
-from apps.api.websocket.uvicorn_protocol import HandedOffWebSocket
+from apps.transport.framing import FramedStr
+from apps.transport.ws_protocol import HandedOffWebSocket
 
 
 class Transport(asyncio.Transport):

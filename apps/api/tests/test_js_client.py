@@ -248,13 +248,8 @@ async def send_marker(user: UUID) -> str:
 
 
 def app_state(server: RunningServer) -> Any:
-    """``app.state`` of the FastAPI app behind the ASGI wrappers (the Socket.IO server, connections)."""
-    app = server.app
-    for _ in range(5):
-        if hasattr(app, "state"):
-            return app.state
-        app = getattr(app, "app", None) or getattr(app, "other_asgi_app", None)
-    pytest.fail("cannot find the FastAPI app behind server.app")
+    """``app.state`` of the FastAPI app (the Socket.IO server, connections)."""
+    return server.app.state
 
 
 def sio(server: RunningServer) -> Any:

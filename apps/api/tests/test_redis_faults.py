@@ -74,7 +74,7 @@ async def test_redis_outage_fails_clearly_and_delivery_resumes_after():
             )  # fmt: skip
             output, _ = await asyncio.wait_for(process.communicate(), 20)
             assert process.returncode != 0
-            assert "RedisUnavailable: could not publish to Redis at" in output.decode()
+            assert "DeliveryError: could not publish to Redis at" in output.decode()
             # Clients stay connected.
             for client in clients:
                 assert (await client.call("ping"))["status"] == "pong"

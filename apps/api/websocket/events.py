@@ -33,7 +33,9 @@ class Membership(Protocol):
 
 
 def _guarded(handler: Callable[..., Awaitable[Ack]]) -> Callable[..., Awaitable[Ack]]:
-    """Turn an unexpected exception into an ``INTERNAL_ERROR`` ack instead of a lost reply."""
+    """The checks every client event passes: a connection that is known, within its rate limit,
+    sending at most one argument; an unexpected exception becomes an ``INTERNAL_ERROR`` ack
+    instead of a lost reply."""
 
     @functools.wraps(handler)
     async def wrapper(self: ClientEvents, sid: str, *args: Any) -> Ack:
@@ -42,6 +44,8 @@ def _guarded(handler: Callable[..., Awaitable[Ack]]) -> Callable[..., Awaitable[
             return error(ErrorCode.AUTH_FAILED, "Not connected")
         if not conn.limiter.take():
             return error(ErrorCode.RATE_LIMITED, "Too many requests on this connection; slow down")
+        if len(args) > 1:
+            return error(ErrorCode.INVALID_REQUEST, "Send one argument (an object) and, optionally, an ack callback")
         try:
             return await handler(self, conn, *args)
         except Exception:
@@ -202,7 +206,7 @@ class ClientEvents:
         return await self._unknown(sid, str(event))
 
     @_guarded
-    async def _unknown(self, conn: Connection, event: str) -> Ack:
+    async def _unknown(self, conn: Connection, event: str = "") -> Ack:
         names = ", ".join([ClientEvent.SUBSCRIBE, ClientEvent.UNSUBSCRIBE, ClientEvent.DEBUG_ROOMS, ClientEvent.PING])
         return error(ErrorCode.UNKNOWN_EVENT, f"Unknown event {event[:64]!r}; the server handles {names}")
 

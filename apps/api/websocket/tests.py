@@ -402,7 +402,7 @@ async def test_a_client_that_stops_reading_never_delays_the_others(server: Runni
 async def test_a_client_that_leaves_too_much_unread_is_dropped_and_nobody_else_is(
     server: RunningServer, connect, http, token, monkeypatch
 ):
-    sio = server.app.app.other_asgi_app.state.sio
+    sio = server.app.state.sio
     monkeypatch.setattr(sio.eio, "max_send_buffer_bytes", 1_000_000)  # WEBSOCKET_MAX_BUFFER_BYTES
     agent = uuid4()
     room = f"agent:{agent}"
@@ -440,7 +440,7 @@ async def test_closing_a_long_polling_session_answers_its_pending_poll(server: R
 
 
 async def test_a_disconnected_client_leaves_no_trace_in_any_room(server: RunningServer, connect, http):
-    sio = server.app.app.other_asgi_app.state.sio  # PathAliases -> socketio.ASGIApp -> FastAPI
+    sio = server.app.state.sio
     client = await connect(make_token())
     sid = client.sid
     agents = [uuid4() for _ in range(3)]
@@ -462,7 +462,7 @@ async def test_a_disconnected_client_leaves_no_trace_in_any_room(server: Running
 async def test_a_connection_keeps_only_the_environ_it_needs(server: RunningServer, connect, token):
     from apps.api.websocket.events import _ENVIRON_KEPT
 
-    sio = server.app.app.other_asgi_app.state.sio
+    sio = server.app.state.sio
     client = await connect(None, headers={"Authorization": f"Bearer {token}", "User-Agent": "x" * 2000})
     await client.expect("connection_established")
     environ = sio.environ[sio.manager.eio_sid_from_sid(client.sid, "/ws")]
@@ -474,7 +474,7 @@ async def test_a_connection_keeps_only_the_environ_it_needs(server: RunningServe
 async def test_a_connection_is_logged_with_its_clients_address(server: RunningServer, connect, token, caplog):
     """The client's address (from a trusted proxy's X-Forwarded-For), not python-engineio's fixed
     127.0.0.1, in the stored environ and in the connection log line."""
-    sio = server.app.app.other_asgi_app.state.sio
+    sio = server.app.state.sio
     client = await connect(token, headers={"X-Forwarded-For": "203.0.113.7"})
     await client.expect("connection_established")
     environ = sio.environ[sio.manager.eio_sid_from_sid(client.sid, "/ws")]

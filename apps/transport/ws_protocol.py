@@ -1,6 +1,7 @@
-"""The service's uvicorn WebSocket protocol: uvicorn's own (websockets' sans-I/O implementation) for
-the handshake, then, for an Engine.IO connection, a hand-off to a small protocol that delivers
-each message straight to the Engine.IO socket and writes frames built once per emit as they are.
+"""A uvicorn WebSocket protocol: uvicorn's own (websockets' sans-I/O implementation) for the
+handshake, then, for a connection whose app asks for it, a hand-off to a small protocol that
+delivers each message straight to a receiver (the Engine.IO socket) and writes frames built once
+per emit as they are.
 
 Under uvicorn's protocol every open WebSocket keeps an ASGI task running for its whole life (with
 the coroutines of the app it is in), an ASGI receive queue, events, the scope and the request
@@ -9,8 +10,10 @@ app calls the scope extension :data:`HAND_OFF_KEY`; from then on the connection 
 :class:`HandedOffWebSocket` (``transport.set_protocol``), the ASGI task ends, and what stays per
 connection is the transport, websockets' frame parser and the Engine.IO socket.
 
-Anything but an Engine.IO socket that takes the hand-off (another WebSocket route, another ASGI
-server) works as uvicorn's protocol always does.
+A WebSocket whose app does not take the hand-off (another WebSocket route) works as uvicorn's
+protocol always does. One fix besides: a handshake that websockets refuses while parsing it (a
+request or header line over 8 KiB, more than 128 headers) is answered with websockets' 414 or
+431 and closed; uvicorn's protocol leaves the answer unsent and the connection open.
 """
 
 from __future__ import annotations
@@ -240,6 +243,15 @@ class HandOffProtocol(WebSocketsSansIOProtocol):
 
     handed_off = False
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.handshake_exc is not None and not self.handshake_initiated and not self.transport.is_closing():
+            # websockets refused the request while parsing it and queued its answer (414, 431) or
+            # an EOF; uvicorn only looks for a parsed request, so the answer would never be sent
+            logger.info("websocket handshake from %s refused: %s", _peer(self.transport), self.conn.handshake_exc)
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.transport.close()
+
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         if getattr(self, "scope", None) is not None and self.response.status_code == 101:
@@ -301,5 +313,5 @@ class HandOffProtocol(WebSocketsSansIOProtocol):
             self.transport.close()
 
 
-#: What ``apps/api/main.py`` gives uvicorn as ``ws`` (an import string, so worker processes can load it).
+#: What uvicorn is given as ``ws`` (an import string, so worker processes can load it).
 WEBSOCKET_PROTOCOL = f"{__name__}:{HandOffProtocol.__name__}"

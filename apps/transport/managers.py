@@ -1,10 +1,11 @@
-"""Local delivery of an emit, without a Task per recipient.
+"""Client managers: who is in which room on this instance, and local delivery of an emit
+without a Task per recipient.
 
 python-socketio's ``AsyncManager.emit`` encodes a packet once, then starts one asyncio Task per
 recipient and waits for all of them. Here the packet (and its WebSocket frame,
-:class:`~apps.api.websocket.engine.FramedStr`) is built once and put straight on each recipient's
-queue; each connection's writer sends it. Emits with an ack callback or binary data take
-python-socketio's own path.
+:class:`~apps.transport.framing.FramedStr`) is built once and handed to each recipient's
+:class:`~apps.transport.engine_socket.EngineSocket`, which writes it at once. Emits with an ack
+callback or binary data take python-socketio's path.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-from apps.api.websocket.engine import FastSocket, FramedStr
+from apps.transport.engine_socket import EngineSocket
+from apps.transport.framing import FramedStr
 
 
 async def deliver_packet(
     manager: socketio.AsyncManager, encoded: str, namespace: str, room: Any, skip_sid: Any = None
 ) -> None:
-    """Send the encoded Socket.IO packet ``encoded`` to this process's clients in ``room``: framed
-    once, handed to each recipient's :class:`FastSocket` without a coroutine call."""
+    """Send the encoded Socket.IO packet ``encoded`` to this process's clients in ``room`` (a room,
+    a sid or a list of them; each recipient once): framed once, written to each recipient."""
     if namespace not in manager.rooms:
         return
     pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
@@ -36,9 +38,9 @@ async def deliver_packet(
         socket = sockets.get(eio_sid)
         if socket is None or sid in skip:
             continue
-        if type(socket) is FastSocket:
+        if type(socket) is EngineSocket:
             socket.send_nowait(pkt)
-        else:  # a socket python-engineio made before EngineServer could swap its class
+        else:  # an Engine.IO server other than EngineServer
             others.append(socket)
     for socket in others:
         await socket.send(pkt)
@@ -113,12 +115,16 @@ class RoomIndex:
     def get_rooms(self, sid: str, namespace: str) -> list[Any]:
         return [room for room in self._rooms_of.get((namespace, sid), ()) if room is not None]
 
+    def is_local_sid(self, namespace: str, sid: Any) -> bool:
+        """Whether ``sid`` is a connection of this instance in ``namespace``."""
+        return isinstance(sid, str) and sid in self.rooms.get(namespace, {}).get(None, ())
+
 
 class LocalManager(RoomIndex, socketio.AsyncManager):  # type: ignore[misc]
     """The client manager of a single instance: python-socketio's, with :func:`deliver_locally`."""
 
     async def emit_json(self, event: str, json_args: str, namespace: str, room: Any) -> None:
-        """Emit ``event`` whose one argument is already JSON text (the broadcaster's envelope)."""
+        """Emit ``event`` whose one argument is already JSON text."""
         await deliver_packet(self, event_packet(namespace, event, json_args), namespace, room)
 
     async def emit(

@@ -1,10 +1,13 @@
 """python-engineio's ASGI request translation (``engineio.async_drivers.asgi.translate_request``),
-with two fixes:
+with three fixes:
 
 - ``REMOTE_ADDR`` is the client's address (``scope["client"]``, which uvicorn's proxy-headers
   handling sets from ``X-Forwarded-For`` when the proxy is trusted). python-engineio sets
   ``127.0.0.1`` for every client, so every connection log line and every check of the client's
   address saw the same one.
+- The body can be read with a cap (:meth:`AwaitablePayload.read_capped`): reading stops as soon
+  as the body is longer than the cap, chunked or not. python-engineio reads ``Content-Length``
+  bytes whole (and, without that header, reads the whole body and returns none of it).
 - The request body reader is one module-level class. python-engineio defines a class inside the
   function, on every request: a class is a reference cycle, and it kept the request's environ,
   and through ``receive`` its server protocol, waiting for the cyclic garbage collector.
@@ -18,6 +21,14 @@ import sys
 from typing import Any
 
 Receive = Any  # an ASGI receive callable
+
+
+class BodyTooLarge(Exception):
+    """The request body is longer than the cap."""
+
+
+class BodyIncomplete(Exception):
+    """The client went away before sending its whole body."""
 
 
 class AwaitablePayload:
@@ -43,6 +54,29 @@ class AwaitablePayload:
             return payload
         self.payload = payload[length:]
         return payload[:length]
+
+    async def read_capped(self, limit: int, content_length: str | None = None) -> bytes:
+        """The whole body. Raises :class:`BodyTooLarge` as soon as it is known to be longer than
+        ``limit`` bytes (from ``Content-Length``, or once that much has arrived: nothing more is
+        read or kept), :class:`BodyIncomplete` if the client went away first, and
+        :class:`ValueError` for a ``Content-Length`` that is not a number."""
+        if content_length is not None and int(content_length) > limit:
+            raise BodyTooLarge
+        event = self.event
+        if event["type"] != "http.request":
+            raise BodyIncomplete
+        chunks = [event.get("body") or b""]
+        size = len(chunks[0])
+        while event.get("more_body") and size <= limit:
+            event = self.event = await self.receive()
+            if event["type"] != "http.request":
+                raise BodyIncomplete
+            chunk = event.get("body") or b""
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        return b"".join(chunks)
 
 
 async def translate_request(scope: dict[str, Any], receive: Receive, send: Any) -> dict[str, Any]:

@@ -1,0 +1,28 @@
+"""One process, nothing shared: what the service runs on with no ``REDIS_URL``."""
+
+from __future__ import annotations
+
+from apps.api.backends import RedisLink
+from apps.api.events.emitter import Emitter
+from apps.api.events.workflow_routes import WorkflowDirectory, WorkflowRoutes
+from apps.api.stores.projects import InMemoryProjectStore, ProjectStore
+
+
+class MemoryBackend:
+    name = "memory"
+    redis: RedisLink | None = None
+
+    def project_store(self) -> ProjectStore:
+        return InMemoryProjectStore()
+
+    def workflow_routes(self) -> WorkflowDirectory:
+        return WorkflowRoutes()
+
+    def publisher(self) -> Emitter | None:
+        return None
+
+    async def ping(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        pass

@@ -1,0 +1,127 @@
+"""A uvicorn HTTP protocol (httptools) that bounds what a request head may cost.
+
+uvicorn's httptools protocol keeps a connection that sends nothing, or half a request head, for
+as long as the client likes (its keep-alive timeout only starts after a response), and takes
+request heads of any size. :class:`HeadLimitsProtocol` closes a connection whose request head
+is not complete ``head_timeout`` seconds after the connection opened (or after the head began
+arriving, on a kept-alive connection), answering 408; and refuses a head over ``max_head_bytes``
+in all, or with a request line or header line over ``max_line_bytes``, with 431 (414 for the
+request line). Node's HTTP server does the same (``headersTimeout``, ``maxHeaderSize``).
+
+The limits are class attributes: a subclass sets its own (a service sets its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+logger = logging.getLogger(__name__)
+
+
+class _HeadRefused(Exception):
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+
+
+class HeadLimitsProtocol(HttpToolsProtocol):
+    #: Seconds a request head may take to arrive whole (None: no limit).
+    head_timeout: float | None = 30.0
+    #: Largest request head (request line and headers), and largest line in it, in bytes.
+    max_head_bytes = 16 * 1024
+    max_line_bytes = 8 * 1024
+
+    _head_timer: asyncio.TimerHandle | None = None
+    _head_bytes = 0
+    _refusal: _HeadRefused | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._start_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def _start_head_timer(self) -> None:
+        if self.head_timeout is not None and self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        logger.info("%s sent no complete request head within %g s; closing", _client(self), self.head_timeout)
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.write(STATUS_LINE[408] + b"content-length: 0\r\nconnection: close\r\n\r\n")
+        self.transport.close()
+
+    # parser callbacks (httptools calls them while feed_data parses)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+        self._start_head_timer()
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        self._count(len(url), request_line=True)
+        if len(self.url) > self.max_line_bytes:
+            self._refuse(414, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        size = len(name) + len(value) + 4
+        if size > self.max_line_bytes:
+            self._refuse(431, "header line too long")
+        self._count(size)
+
+    def on_headers_complete(self) -> None:
+        self._stop_head_timer()
+        super().on_headers_complete()
+
+    def _count(self, size: int, *, request_line: bool = False) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self.max_head_bytes:
+            self._refuse(414 if request_line else 431, "request head too large")
+
+    def _refuse(self, status: int, why: str) -> None:
+        self._refusal = _HeadRefused(status, why)
+        raise self._refusal  # httptools stops parsing and feed_data raises
+
+    def data_received(self, data: bytes) -> None:
+        """uvicorn's, answering a head refused above with its own status."""
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            refusal, self._refusal = self._refusal, None
+            self._stop_head_timer()
+            if refusal is None:
+                msg = "Invalid HTTP request received."
+                self.logger.warning(msg)
+                self.send_400_response(msg)
+                return
+            logger.info("%s: request refused (%s)", _client(self), refusal)
+            self.transport.write(STATUS_LINE[refusal.status] + b"content-length: 0\r\nconnection: close\r\n\r\n")
+            self.transport.close()
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+
+
+def _client(protocol: HttpToolsProtocol) -> str:
+    client = protocol.client
+    return f"{client[0]}:{client[1]}" if client else "-"

@@ -1,0 +1,304 @@
+"""python-socketio's Redis client manager, made to fail loudly where a caller can act on it,
+recover quickly, and keep local things local.
+
+The wire format on the channel stays python-socketio's (any python-socketio emitter or server
+interoperates), plus one message of our own, ``emit_packet``: an EVENT packet already encoded,
+so that no instance encodes it again (python-socketio instances ignore it). What changes:
+
+- :meth:`RedisManager.emit_json` (the fast path a publisher uses) raises :class:`PublishError`
+  within ``timeout`` when Redis cannot be reached. python-socketio's own callers (``emit``,
+  ``close_room``, a remote ``enter_room``, ack callbacks) keep python-socketio's documented
+  behaviour: a failed publish is logged and dropped, never raised into them.
+- An emit addressed to one connection of this instance (a welcome, an error) is delivered here
+  and never published.
+- Every message from the channel is handled in its own ``try``: an error handling one is logged
+  and the next is handled, on the same subscription (python-socketio's loop delivered inside its
+  generator, so an error dropped the subscription and lost what was published meanwhile).
+- A lost subscription is retried with a backoff capped at ``max_backoff`` seconds (python-socketio:
+  60 s); ``listening`` says whether it is live, for readiness checks.
+- Local delivery goes through :func:`~apps.transport.managers.deliver_locally` (no Task per
+  recipient).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import socketio
+from redis import asyncio as aioredis
+
+from apps.transport.managers import RoomIndex, deliver_locally, deliver_packet, event_packet
+
+#: Our message on the channel: an EVENT packet already encoded.
+EMIT_PACKET = "emit_packet"
+
+logger = logging.getLogger(__name__)
+
+
+class PublishError(RuntimeError):
+    """Redis could not be reached: the event did not reach other instances (clients of this
+    instance may have received it)."""
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def bounded_client(url: str, timeout: float) -> aioredis.Redis:
+    """A Redis client whose every command (and connect) is bounded by ``timeout`` seconds."""
+    return aioredis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+
+
+class PacketPublisher:
+    """Publishes on the channel for instances to deliver: what a process that serves no clients
+    uses (a worker, a script), and what :class:`RedisManager` publishes through. Every publish
+    raises :class:`PublishError` when Redis cannot be reached within ``timeout``."""
+
+    def __init__(self, client: aioredis.Redis, *, url: str, channel: str, timeout: float, host_id: str = "") -> None:
+        self.client = client
+        self.url = url
+        self.channel = channel
+        self.timeout = timeout
+        self.host_id = host_id
+        self._encode = socketio.packet.Packet.json.dumps
+
+    async def publish(self, message: dict[str, Any]) -> None:
+        try:
+            await asyncio.wait_for(self.client.publish(self.channel, self._encode(message)), self.timeout)
+        except (aioredis.RedisError, OSError, TimeoutError) as exc:
+            raise PublishError(f"could not publish to Redis at {redacted(self.url)}: {type(exc).__name__}") from None
+
+    async def publish_packet(self, encoded: str, namespace: str, room: Any) -> None:
+        """An encoded EVENT packet, for instances of this transport."""
+        await self.publish(
+            {"method": EMIT_PACKET, "packet": encoded, "namespace": namespace, "room": room, "host_id": self.host_id}
+        )
+
+    async def publish_emit(self, event: str, data: Any, namespace: str, room: Any) -> None:
+        """An event with one JSON argument in python-socketio's own format, which any
+        python-socketio server with a Redis manager delivers."""
+        await self.publish(
+            {
+                "method": "emit",
+                "event": event,
+                "data": [data],
+                "binary": False,
+                "namespace": namespace,
+                "room": room,
+                "skip_sid": None,
+                "callback": None,
+                "host_id": self.host_id,
+            }
+        )
+
+
+class RedisManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc]
+    """python-socketio's ``AsyncRedisManager`` (see the module docstring for what differs).
+
+    ``client`` is the Redis client to publish through (one is made, with ``timeout`` on every
+    command, when it is not given); the subscription has a connection of its own.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        channel: str,
+        write_only: bool = False,
+        timeout: float = 2.0,
+        max_backoff: float = 2.0,
+        logger: logging.Logger | None = None,
+        client: aioredis.Redis | None = None,
+    ) -> None:
+        super().__init__(
+            url,
+            channel=channel,
+            write_only=write_only,
+            logger=logger,
+            redis_options={"socket_connect_timeout": timeout, "health_check_interval": 5},
+        )
+        self._owns_client = client is None
+        self.publisher = PacketPublisher(
+            client or bounded_client(url, timeout), url=url, channel=channel, timeout=timeout, host_id=self.host_id
+        )
+        self._max_backoff = max_backoff
+        self.redis: aioredis.Redis | None = None
+        self.pubsub: Any = None
+        self.listening = False
+
+    # --- publishing -----------------------------------------------------------------------
+
+    async def _publish(self, data: Any) -> None:
+        """python-socketio's internal publish: a failure is logged, not raised (its documented
+        behaviour; its callers do not expect an exception)."""
+        try:
+            await self.publisher.publish(data)
+        except PublishError as exc:
+            self._get_logger().warning("%s (%s dropped)", exc, data.get("method") if isinstance(data, dict) else data)
+
+    async def emit_json(self, event: str, json_args: str, namespace: str, room: Any) -> None:
+        """Emit ``event`` (one argument, already JSON text) to ``room`` on every instance: this
+        one's clients directly, the others' through one message carrying the encoded packet.
+        Raises :class:`PublishError` when Redis cannot be reached."""
+        encoded = event_packet(namespace, event, json_args)
+        if not self.write_only:
+            await deliver_packet(self, encoded, namespace, room)
+        await self.publisher.publish_packet(encoded, namespace, room)
+
+    async def emit(
+        self,
+        event: str,
+        data: Any,
+        namespace: str | None = None,
+        room: Any = None,
+        skip_sid: Any = None,
+        callback: Any = None,
+        to: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        room = to or room
+        namespace = namespace or "/"
+        if not self.write_only and self.is_local_sid(namespace, room):
+            # one connection of this instance: nothing for the other instances to do
+            if callback is None and await deliver_locally(self, event, data, namespace, room, skip_sid):
+                return
+            await socketio.AsyncManager.emit(
+                self, event, data, namespace, room=room, skip_sid=skip_sid, callback=callback
+            )
+            return
+        await super().emit(event, data, namespace=namespace, room=room, skip_sid=skip_sid, callback=callback, **kwargs)
+
+    async def _handle_emit(self, message: dict[str, Any]) -> None:
+        """Deliver to this instance's clients (a message from Redis, or this instance's own emit)
+        through :func:`deliver_locally`; acks and binary data take python-socketio's path."""
+        if message.get("callback") is None and not message.get("binary"):
+            data = message["data"]
+            if isinstance(data, list):
+                data = data[0] if len(data) == 1 else tuple(data)
+            delivered = await deliver_locally(
+                self,
+                message["event"],
+                data,
+                message.get("namespace") or "/",
+                message.get("room"),
+                message.get("skip_sid"),
+            )
+            if delivered:
+                return
+        await super()._handle_emit(message)
+
+    # --- listening ------------------------------------------------------------------------
+
+    async def _thread(self) -> None:
+        """Handle every message published on the channel, each on its own (python-socketio's
+        loop, with an error in one message isolated from the rest)."""
+        while True:
+            try:
+                async for raw in self._listen():
+                    await self._handle_message(raw)
+                logger.error("websocket redis listener ended unexpectedly; listening again")
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the subscription's own machinery, not a message
+                logger.exception("websocket redis listener failed; listening again")
+            await asyncio.sleep(0.1)
+
+    async def _handle_message(self, raw: Any) -> None:
+        try:
+            message = raw if isinstance(raw, dict) else self.json.loads(raw)
+        except ValueError:
+            return
+        if not isinstance(message, dict) or "method" not in message:
+            return
+        method = message["method"]
+        try:
+            if method == "callback":
+                await self._handle_callback(message)
+            elif message.get("host_id") == self.host_id:
+                return
+            elif method == EMIT_PACKET:
+                if isinstance(message.get("packet"), str):
+                    await deliver_packet(self, message["packet"], message.get("namespace") or "/", message.get("room"))
+            elif method == "emit":
+                await self._handle_emit(message)
+            elif method == "disconnect":
+                await self._handle_disconnect(message)
+            elif method == "enter_room":
+                await self._handle_enter_room(message)
+            elif method == "leave_room":
+                await self._handle_leave_room(message)
+            elif method == "close_room":
+                await self._handle_close_room(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("websocket redis message %r could not be handled; handling the next", method)
+
+    async def _redis_listen_with_retries(self) -> AsyncIterator[Any]:
+        delay = 0.1
+        while True:
+            try:
+                await self._drop_subscription()
+                self._redis_connect()
+                await self.pubsub.subscribe(self.channel)
+                self.listening = True
+                if delay > 0.1:
+                    logger.warning("websocket redis subscription restored on %s", redacted(self.redis_url))
+                delay = 0.1
+                async for message in self.pubsub.listen():
+                    yield message
+            except asyncio.CancelledError:
+                self.listening = False
+                raise
+            except Exception as exc:
+                if self.listening or delay == 0.1:
+                    logger.error(
+                        "websocket redis subscription lost (%s): retrying every %.1f s at most",
+                        type(exc).__name__,
+                        self._max_backoff,
+                    )
+                self.listening = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_backoff)
+
+    async def _drop_subscription(self) -> None:
+        """Close the previous attempt's connections before making new ones."""
+        old = (self.pubsub, self.redis)
+        self.pubsub = self.redis = None
+        for client in old:
+            if client is not None:
+                try:
+                    await client.aclose()
+                except Exception:  # noqa: S110 - it is being thrown away
+                    pass
+
+    # --- health and lifecycle -------------------------------------------------------------
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self.publisher.client.ping(), self.publisher.timeout))
+        except (aioredis.RedisError, OSError, TimeoutError):
+            return False
+
+    async def close(self) -> None:
+        """Stop listening and release the connections this manager made."""
+        task = getattr(self, "thread", None)
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: S110 - it is being stopped
+                pass
+        await self._drop_subscription()
+        if self._owns_client:
+            await self.publisher.client.aclose()

@@ -1,0 +1,260 @@
+"""The Socket.IO server: python-socketio's ``AsyncServer`` on :class:`~apps.transport.engine_server.EngineServer`,
+with one ordered conversation per connection and client input checked as socket.io checks it.
+
+What changes from python-socketio 5.18.1 (each listed in the package README):
+
+- **Order.** A connection's CONNECT, DISCONNECT and events are handled one after another, in the
+  order it sent them (each handler awaited before the next starts, its ack sent before the next
+  event is handled), over any transport; acks from the client are handled at once. Different
+  connections never wait for one another. python-socketio runs each event in a Task of its own,
+  so a handler that awaits (a database, Redis) lets later events overtake it.
+- **Connect timeout.** An Engine.IO connection that has joined no namespace ``connect_timeout``
+  seconds after it opened is closed (socket.io's ``connectTimeout``), whether it never sent a
+  CONNECT or had its CONNECTs refused. python-socketio keeps it for as long as it answers pings.
+- **Client input, as socket.io-parser decodes it.** A packet that does not decode, a CONNECT whose
+  payload is not an object, an event whose payload is not a non-empty array led by a name, an
+  event named ``connect``, ``connect_error``, ``disconnect``, ``disconnecting``, ``newListener``
+  or ``removeListener``, more than ``max_attachments`` binary attachments or attachments over
+  ``max_http_buffer_size`` bytes in all, and more than ``max_pending_events`` events waiting to be
+  handled close that connection, with one warning line. python-socketio logged tracebacks, ran
+  the server's own ``connect``/``disconnect`` handlers for client events of those names, and took
+  any number of attachments.
+- **Refusals.** A CONNECT to a namespace the server does not serve is refused with
+  ``{"message": "Invalid namespace"}`` (python-socketio: the bare string ``"Unable to connect"``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import socketio
+from socketio import exceptions as sio_exceptions
+from socketio import packet as sio_packet
+
+from apps.transport.conversation import Conversations, TooManyPending
+from apps.transport.engine_server import EngineServer
+from apps.transport.engine_socket import spawn
+
+logger = logging.getLogger(__name__)
+
+#: Event names socket.io reserves (socket.io-parser refuses a packet that uses one).
+RESERVED_EVENTS = frozenset(
+    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
+)
+
+
+class MalformedPacket(ValueError):
+    """A packet socket.io-parser would refuse."""
+
+
+def check_packet(pkt: Any) -> None:
+    """socket.io-parser's ``isPayloadValid`` for what a client may send; raises :class:`MalformedPacket`."""
+    kind, data = pkt.packet_type, pkt.data
+    if kind == sio_packet.CONNECT:
+        if data is not None and not isinstance(data, dict):
+            raise MalformedPacket("a CONNECT payload must be an object")
+    elif kind == sio_packet.DISCONNECT:
+        if data is not None:
+            raise MalformedPacket("a DISCONNECT has no payload")
+    elif kind in (sio_packet.EVENT, sio_packet.BINARY_EVENT):
+        if not isinstance(data, list) or not data:
+            raise MalformedPacket("an event's payload must be a non-empty array")
+        name = data[0]
+        if isinstance(name, str):
+            if name in RESERVED_EVENTS:
+                raise MalformedPacket(f"{name!r} is a reserved event name")
+        elif isinstance(name, bool) or not isinstance(name, int | float):
+            raise MalformedPacket("an event's payload must start with its name")
+    elif kind in (sio_packet.ACK, sio_packet.BINARY_ACK):
+        if not isinstance(data, list):
+            raise MalformedPacket("an ack's payload must be an array")
+    else:  # CONNECT_ERROR, or no such type
+        raise MalformedPacket(f"a client may not send packet type {kind}")
+
+
+class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
+    """python-socketio's ``AsyncServer`` (see the module docstring for what differs).
+
+    ``connect_timeout`` (seconds; 0 turns it off), ``max_attachments`` and ``max_pending_events``
+    as above; everything else is python-socketio's (and python-engineio's, through
+    :class:`EngineServer`: ``ping_interval``, ``ping_timeout``, ``max_http_buffer_size``,
+    ``max_send_buffer_bytes``, ...).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        connect_timeout: float = 45.0,
+        max_attachments: int = 10,
+        max_pending_events: int = 1000,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.connect_timeout = connect_timeout
+        self.max_attachments = max_attachments
+        self._conversations = Conversations(max_pending=max_pending_events, on_error=self._job_failed)
+        self._connect_timers: dict[str, asyncio.TimerHandle] = {}
+        self.eio.on("message", self._on_eio_message)  # a plain function: called in order, at once
+        self.eio.on("disconnect", self._on_eio_disconnect)
+
+    def _engineio_server_class(self) -> type:
+        return EngineServer
+
+    # --- Engine.IO sessions ---------------------------------------------------------------
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        await super()._handle_eio_connect(eio_sid, environ)
+        if self.connect_timeout:
+            loop = asyncio.get_running_loop()
+            self._connect_timers[eio_sid] = loop.call_later(self.connect_timeout, self._connect_timed_out, eio_sid)
+
+    def _connect_timed_out(self, eio_sid: str) -> None:
+        if self._connect_timers.pop(eio_sid, None) is not None:
+            logger.info("%s joined no namespace within %g s; closing the connection", eio_sid, self.connect_timeout)
+            spawn(self.eio.disconnect(eio_sid))
+
+    async def _on_eio_disconnect(self, eio_sid: str, reason: Any = None) -> None:
+        timer = self._connect_timers.pop(eio_sid, None)
+        if timer is not None:
+            timer.cancel()
+        self._binary_packet.pop(eio_sid, None)
+        if self._conversations.busy(eio_sid):  # after the events it sent before it went
+            self._conversations.add(eio_sid, self._handle_eio_disconnect(eio_sid, reason))
+        else:
+            await self._handle_eio_disconnect(eio_sid, reason)
+
+    # --- what clients send ----------------------------------------------------------------
+
+    def _on_eio_message(self, eio_sid: str, data: str | bytes) -> None:
+        """A message from a client, in arrival order: decoded and checked now, handled in the
+        connection's conversation."""
+        try:
+            pkt = self._decode(eio_sid, data)
+            if pkt is None:  # a binary packet waiting for more attachments
+                return
+            kind = pkt.packet_type
+            if kind in (sio_packet.ACK, sio_packet.BINARY_ACK):
+                spawn(self._handle_ack(eio_sid, pkt.namespace, pkt.id, pkt.data))
+            elif kind == sio_packet.CONNECT:
+                self._conversations.add(eio_sid, self._handle_connect(eio_sid, pkt.namespace, pkt.data))
+            elif kind == sio_packet.DISCONNECT:
+                self._conversations.add(
+                    eio_sid, self._handle_disconnect(eio_sid, pkt.namespace, self.reason.CLIENT_DISCONNECT)
+                )
+            else:
+                self._conversations.add(eio_sid, self._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data))
+        except (MalformedPacket, TooManyPending) as exc:
+            self._close_malformed(eio_sid, str(exc))
+
+    def _decode(self, eio_sid: str, data: str | bytes) -> Any:
+        """The packet ``data`` completes, or None while a binary packet waits for attachments."""
+        pending = self._binary_packet.get(eio_sid)
+        if pending is not None:
+            if not isinstance(data, bytes):
+                raise MalformedPacket("text while binary attachments were expected")
+            if sum(map(len, pending.attachments)) + len(data) > self.eio.max_http_buffer_size:
+                raise MalformedPacket(f"binary attachments over {self.eio.max_http_buffer_size} bytes")
+            if not pending.add_attachment(data):
+                return None
+            del self._binary_packet[eio_sid]
+            return pending
+        if not isinstance(data, str):
+            raise MalformedPacket("binary data when no attachment was expected")
+        try:
+            pkt = self.packet_class(encoded_packet=data)
+        except Exception:
+            raise MalformedPacket("undecodable packet") from None
+        check_packet(pkt)
+        if pkt.packet_type in (sio_packet.BINARY_EVENT, sio_packet.BINARY_ACK):
+            if pkt.attachment_count > self.max_attachments:
+                raise MalformedPacket(f"{pkt.attachment_count} binary attachments (at most {self.max_attachments})")
+            if not self.manager.sid_from_eio_sid(eio_sid, pkt.namespace or "/"):
+                raise MalformedPacket("a binary packet for a namespace the connection has not joined")
+            if pkt.attachment_count:
+                self._binary_packet[eio_sid] = pkt
+                return None
+        return pkt
+
+    def _close_malformed(self, eio_sid: str, why: str) -> None:
+        logger.warning("websocket connection %s sent a malformed packet (%s): closing it", eio_sid, why)
+        self._binary_packet.pop(eio_sid, None)
+        spawn(self.eio.disconnect(eio_sid))
+
+    def _job_failed(self, eio_sid: str) -> None:
+        logger.exception("handler failed for connection %s", eio_sid)
+
+    async def _handle_event(self, eio_sid: str, namespace: str | None, id: int | None, data: Any) -> None:
+        """python-socketio's, with the handler awaited here (in the connection's conversation)."""
+        namespace = namespace or "/"
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if not self.manager.is_connected(sid, namespace):
+            logger.debug("%s is not connected to namespace %s", sid, namespace)
+            return
+        await self._handle_event_internal(self, sid, eio_sid, data, namespace, id)
+
+    async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        """python-socketio's, refusing an unknown namespace with ``{"message": ...}`` and marking
+        the connection as having joined one."""
+        namespace = namespace or "/"
+        sid = None
+        if (
+            namespace in self.handlers
+            or namespace in self.namespace_handlers
+            or self.namespaces == "*"
+            or namespace in self.namespaces
+        ):
+            sid = await self.manager.pre_connect(eio_sid, namespace)
+        else:
+            await self._refuse_connect(eio_sid, namespace, "Invalid namespace")
+            return
+        if sid is None:
+            await self._refuse_connect(eio_sid, namespace, "Already connected to this namespace")
+            return
+        if self.always_connect:
+            await self._send_packet(eio_sid, self.packet_class(sio_packet.CONNECT, {"sid": sid}, namespace=namespace))
+            await self.manager.connect(sid, namespace)
+        fail_reason = sio_exceptions.ConnectionRefusedError().error_args
+        environ = self.environ.get(eio_sid, {})
+        try:
+            if data:
+                success = await self._trigger_event("connect", namespace, sid, environ, data)
+            else:
+                try:
+                    success = await self._trigger_event("connect", namespace, sid, environ, None)
+                except TypeError as exc:
+                    try:
+                        success = await self._trigger_event("connect", namespace, sid, environ)
+                    except TypeError:
+                        raise exc from None
+        except sio_exceptions.ConnectionRefusedError as exc:
+            fail_reason = exc.error_args
+            success = False
+        except ConnectionRefusedError:
+            fail_reason = {"message": "Connection refused by server"}
+            success = False
+
+        if success is False:
+            if self.always_connect:
+                self.manager.pre_disconnect(sid, namespace)
+                await self._send_packet(
+                    eio_sid, self.packet_class(sio_packet.DISCONNECT, data=fail_reason, namespace=namespace)
+                )
+            else:
+                await self._send_packet(
+                    eio_sid, self.packet_class(sio_packet.CONNECT_ERROR, data=fail_reason, namespace=namespace)
+                )
+            await self.manager.disconnect(sid, namespace, ignore_queue=True)
+            return
+        timer = self._connect_timers.pop(eio_sid, None)
+        if timer is not None:
+            timer.cancel()
+        if not self.always_connect:
+            await self._send_packet(eio_sid, self.packet_class(sio_packet.CONNECT, {"sid": sid}, namespace=namespace))
+            await self.manager.connect(sid, namespace)
+
+    async def _refuse_connect(self, eio_sid: str, namespace: str, message: str) -> None:
+        await self._send_packet(
+            eio_sid, self.packet_class(sio_packet.CONNECT_ERROR, data={"message": message}, namespace=namespace)
+        )
