@@ -43,3 +43,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check apps bench
 	$(BIN)/ruff format --check apps bench
 	$(BIN)/mypy apps
+	$(BIN)/lint-imports --no-cache

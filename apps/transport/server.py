@@ -180,7 +180,9 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
     def _close_malformed(self, eio_sid: str, why: str) -> None:
         logger.warning("websocket connection %s sent a malformed packet (%s): closing it", eio_sid, why)
         self._binary_packet.pop(eio_sid, None)
-        spawn(self.eio.disconnect(eio_sid))
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is not None:
+            spawn(socket.close(wait=False, reason=self.reason.TRANSPORT_ERROR))
 
     def _job_failed(self, eio_sid: str) -> None:
         logger.exception("handler failed for connection %s", eio_sid)
