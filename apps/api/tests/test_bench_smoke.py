@@ -26,7 +26,7 @@ BENCH = REPO_ROOT / "bench"
 NODE_PACKAGES = ("socket.io", "socket.io-client", "@socket.io/redis-adapter", "redis")
 TIMEOUT = 55.0
 
-#: The cases ``--quick`` produces (its counts are in bench/run.py: QUICK).
+#: The cases ``--quick`` produces (its counts are in bench/harness.py: QUICK).
 DELIVERY_CASES = (
     "rooms-20",
     "fanout-20",
