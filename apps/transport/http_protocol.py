@@ -39,6 +39,10 @@ class HeadLimitsProtocol(HttpToolsProtocol):
     _head_timer: asyncio.TimerHandle | None = None
     _head_bytes = 0
     _refusal: _HeadRefused | None = None
+    # Between requests or in a head (not in a body, nor after an upgrade): what arrives is head.
+    _in_head = True
+    # Bytes received while in the current head, counted as they arrive (see data_received).
+    _head_received = 0
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -88,7 +92,12 @@ class HeadLimitsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._stop_head_timer()
+        self._in_head, self._head_received = False, 0
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_head = True  # what comes next is the next request's head
+        super().on_message_complete()
 
     def _count(self, size: int, *, request_line: bool = False) -> None:
         self._head_bytes += size
@@ -100,26 +109,44 @@ class HeadLimitsProtocol(HttpToolsProtocol):
         raise self._refusal  # httptools stops parsing and feed_data raises
 
     def data_received(self, data: bytes) -> None:
-        """uvicorn's, answering a head refused above with its own status."""
+        """uvicorn's, answering a head refused above with its own status, and refusing a head
+        whose unfinished line has grown past ``max_head_bytes``."""
         self._unset_keepalive_if_required()
+        # httptools keeps an unfinished header line to itself (on_header comes once the line has
+        # ended), so a line that never ends would grow unchecked until head_timeout: count what
+        # arrives in a head here (on_headers_complete restarts the count; the bytes of a body
+        # are not counted, those of a chunk that starts in a body and ends in a head neither,
+        # which bounds the undercount by one read).
+        if self._in_head:
+            self._head_received += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
             refusal, self._refusal = self._refusal, None
-            self._stop_head_timer()
             if refusal is None:
+                self._stop_head_timer()
                 msg = "Invalid HTTP request received."
                 self.logger.warning(msg)
                 self.send_400_response(msg)
                 return
-            logger.info("%s: request refused (%s)", _client(self), refusal)
-            self.transport.write(STATUS_LINE[refusal.status] + b"content-length: 0\r\nconnection: close\r\n\r\n")
-            self.transport.close()
+            self._send_refusal(refusal)
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
+        else:
+            if self._in_head and self._head_received > self.max_head_bytes:
+                self._send_refusal(_HeadRefused(431, "request head too large"))
+
+    def _send_refusal(self, refusal: _HeadRefused) -> None:
+        self._stop_head_timer()
+        logger.info("%s: request refused (%s)", _client(self), refusal)
+        # A pipelined head refused while an earlier request is unanswered: the client would take
+        # the refusal for that request's answer, so it only sees the connection close (as when the head times out).
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.write(STATUS_LINE[refusal.status] + b"content-length: 0\r\nconnection: close\r\n\r\n")
+        self.transport.close()
 
 
 def _client(protocol: HttpToolsProtocol) -> str:

@@ -248,8 +248,12 @@ class HandOffProtocol(WebSocketsSansIOProtocol):
         if self.conn.handshake_exc is not None and not self.handshake_initiated and not self.transport.is_closing():
             # websockets refused the request while parsing it and queued its answer (414, 431) or
             # an EOF; uvicorn only looks for a parsed request, so the answer would never be sent
-            logger.info("websocket handshake from %s refused: %s", _peer(self.transport), self.conn.handshake_exc)
-            self.transport.write(b"".join(self.conn.data_to_send()))
+            answer = b"".join(self.conn.data_to_send())
+            # one log line per refusal: websockets has logged the answer it queued ("HTTP response
+            # sent (431 ...)", to uvicorn.error), not an EOF
+            log = logger.debug if answer else logger.info
+            log("websocket handshake from %s refused: %s", _peer(self.transport), self.conn.handshake_exc)
+            self.transport.write(answer)
             self.transport.close()
 
     def handle_connect(self, event: Any) -> None:

@@ -4,8 +4,9 @@ Run it against a running service (several instances or one) that shares its Redi
 
     REDIS_URL=redis://localhost:6379 python apps/api/events/example_usage.py --project <uuid>
 
-In a process that serves no clients, ``get_broadcaster()`` publishes through Redis; without
-``REDIS_URL`` every call raises ``BroadcasterNotConfigured`` saying so. Inside the service (API
+In a process that serves no clients, ``get_broadcaster()`` publishes through Redis (and
+``async with get_broadcaster():``, or ``await get_broadcaster().close()``, releases the connection
+at the end); without ``REDIS_URL`` every call raises ``BroadcasterNotConfigured`` saying so. Inside the service (API
 routes, webhooks) the same calls go straight to the local Socket.IO server.
 """
 
@@ -93,11 +94,13 @@ async def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--user", type=UUID, default=uuid4(), help="the acting user")
     parser.add_argument("--agent", type=UUID, default=uuid4())
     args = parser.parse_args(argv)
-    await project_updated(args.project, args.user)
-    await workflow_lifecycle(args.project, args.user)
-    await agent_status(args.agent)
-    await pull_request_opened(args.project)
-    await ai_suggestion(args.project)
+    # A process that serves no clients opens a Redis connection at its first call: close it at the end.
+    async with get_broadcaster():
+        await project_updated(args.project, args.user)
+        await workflow_lifecycle(args.project, args.user)
+        await agent_status(args.agent)
+        await pull_request_opened(args.project)
+        await ai_suggestion(args.project)
     print(f"published to project:{args.project}, user:{args.user}, agent:{args.agent}")
 
 

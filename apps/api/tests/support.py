@@ -57,6 +57,9 @@ def test_settings(**overrides: Any) -> Settings:
         "log_level": "INFO",
         "redis_url": None,
         "max_rooms_per_connection": 10,
+        "connect_timeout_seconds": 3,
+        # the WebSocket and JavaScript-client suites also run on plain python-socketio (Makefile)
+        "websocket_transport": os.environ.get("WEBSOCKET_TRANSPORT", "service"),
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

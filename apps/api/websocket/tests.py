@@ -482,3 +482,96 @@ async def test_a_connection_is_logged_with_its_clients_address(server: RunningSe
     assert any(
         "websocket connected" in r.getMessage() and "remote=203.0.113.7" in r.getMessage() for r in caplog.records
     )
+
+
+# --- what the transport refuses, as socket.io refuses it ------------------------------------
+
+
+async def test_an_event_with_extra_arguments_gets_an_invalid_request_ack(connect, token):
+    client = await connect(token)
+    reply = await client.sio.call("subscribe", ({"room": "global"}, "extra"), namespace="/ws", timeout=5)
+    assert (reply["status"], reply["code"]) == ("error", "INVALID_REQUEST")
+    assert (await client.call("ping"))["status"] == "pong"  # the connection is fine
+
+
+@contextlib.asynccontextmanager
+async def _raw_ws(server: RunningServer, token: str | None):
+    """A WebSocket speaking Engine.IO by hand to /ws; connected to namespace /ws when ``token``."""
+    import json
+
+    import websockets
+
+    async with websockets.connect(f"ws://127.0.0.1:{server.port}/ws", close_timeout=1) as raw:
+        assert (await asyncio.wait_for(raw.recv(), 5)).startswith("0{")
+        if token is not None:
+            await raw.send("40/ws," + json.dumps({"token": token}))
+            reply = await asyncio.wait_for(raw.recv(), 5)
+            assert reply.startswith("40/ws,"), reply
+        yield raw
+
+
+async def _closed(raw) -> list[str]:
+    import websockets
+
+    frames: list[str] = []
+    with contextlib.suppress(websockets.ConnectionClosed):
+        while True:
+            frames.append(await asyncio.wait_for(raw.recv(), 5))
+    return frames
+
+
+@pytest.mark.parametrize("name", ["disconnect", "connect", "connect_error", "disconnecting"])
+async def test_a_client_event_with_a_reserved_name_closes_that_connection_and_runs_no_handler(
+    server: RunningServer, connect, caplog, name
+):
+    """socket.io refuses these names: a client event called "disconnect" used to run the server's
+    disconnect handler (forgetting the connection while it stayed in its rooms), one called
+    "connect" the connect handler with arguments the client chose."""
+    import json
+
+    state = server.app.state
+    bystander = await connect(make_token())
+    async with _raw_ws(server, make_token()) as raw:
+        welcome = await asyncio.wait_for(raw.recv(), 5)
+        sid = json.loads(welcome[len("42/ws,") :])[1]["data"]["connection_id"]
+        caplog.clear()
+        await raw.send(f'42/ws,["{name}",{{"token":"{make_token(roles=["admin"])}"}}]')
+        assert (await _closed(raw))[-1:] == ["1"]
+
+    async def forgotten() -> bool:
+        rooms = state.sio.manager.rooms.get("/ws", {})
+        return state.connections.get(sid) is None and all(sid not in members for members in rooms.values())
+
+    await eventually(forgotten, what="the connection gone from the table and from every room")
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("apps.")]
+    assert not [m for m in logged if "websocket connected" in m]  # no second connect ran
+    assert len([m for m in logged if "malformed" in m]) == 1
+    assert (await bystander.call("ping"))["status"] == "pong"
+
+
+async def test_a_connection_that_never_authenticates_is_closed_after_the_connect_timeout(server: RunningServer):
+    """CONNECT_TIMEOUT_SECONDS (3 s for the tests): without it anyone could hold sockets without a
+    token for as long as they answered pings."""
+    async with _raw_ws(server, None) as silent:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        frames = await asyncio.wait_for(_closed(silent), 10)
+        assert frames == ["1"] and loop.time() - start >= 2.5
+    async with _raw_ws(server, None) as refused:
+        await refused.send('40/ws,{"token":"not-a-token"}')
+        assert (await asyncio.wait_for(refused.recv(), 5)).startswith("44/ws,")
+        assert await asyncio.wait_for(_closed(refused), 10) == ["1"]
+
+
+async def test_a_client_that_retries_with_a_good_token_within_the_connect_timeout_is_served(server: RunningServer):
+    import json
+
+    async with _raw_ws(server, None) as raw:
+        await raw.send('40/ws,{"token":"not-a-token"}')
+        assert (await asyncio.wait_for(raw.recv(), 5)).startswith("44/ws,")
+        await raw.send("40/ws," + json.dumps({"token": make_token()}))
+        assert (await asyncio.wait_for(raw.recv(), 5)).startswith("40/ws,")
+        await asyncio.wait_for(raw.recv(), 5)  # connection_established
+        await asyncio.sleep(4)  # past the connect timeout
+        await raw.send('42/ws,1["ping"]')
+        assert (await asyncio.wait_for(raw.recv(), 5)).startswith("43/ws,1")

@@ -1,10 +1,13 @@
-"""HandedOffWebSocket, the protocol an Engine.IO WebSocket becomes once open, against a real
-websockets client protocol (sans-I/O, in memory): what it delivers, what it writes, how it closes.
-The end-to-end behaviour (real servers and clients) is in test_engine.py."""
+"""ws_protocol.py. HandedOffWebSocket, the protocol an Engine.IO WebSocket becomes once open,
+against a real websockets client protocol (sans-I/O, in memory): what it delivers, what it
+writes, how it closes (the end-to-end behaviour, real servers and clients, is in the service's
+apps/api/tests/test_engine.py). And HandOffProtocol under a real uvicorn: a handshake websockets
+refuses while parsing it is answered and closed."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -15,6 +18,8 @@ from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
 from apps.transport.framing import FramedStr
+from apps.transport.http_protocol import HeadLimitsProtocol
+from apps.transport.tests.support import exchange, masked_text_frame, request_head, serve_app, status_of
 from apps.transport.ws_protocol import HandedOffWebSocket
 
 
@@ -171,3 +176,54 @@ async def test_a_client_that_leaves_more_than_max_buffer_unread_is_dropped():
     assert pair.transport.aborted and pair.transport.written == b""
     pair.ws.send_framed(framed, framed.frame)  # nothing more is kept
     assert pair.ws.pending is None
+
+
+# HandOffProtocol: handshakes that uvicorn's HTTP protocol passes on but websockets refuses
+
+
+class RoomyHeads(HeadLimitsProtocol):
+    """Request-head limits well above websockets' own (a line of 8 KiB, 128 headers), so that what
+    websockets refuses reaches it."""
+
+    max_line_bytes = 64 * 1024
+    max_head_bytes = 256 * 1024
+
+
+# (name: (status, path, headers)), each over one of websockets' limits only
+REFUSED_BY_WEBSOCKETS = {
+    "a 10 KiB header line": (431, "/ws", [("X-Long", "a" * 10 * 1024)]),
+    "a 10 KiB request line": (414, "/ws?" + "a" * 10 * 1024, []),
+    "more than 128 headers": (431, "/ws", [(f"X-H{i}", "a") for i in range(140)]),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_BY_WEBSOCKETS))
+async def test_a_websocket_handshake_websockets_refuses_while_parsing_is_answered_and_closed(caplog, case):
+    status, path, headers = REFUSED_BY_WEBSOCKETS[case]
+    caplog.set_level(logging.INFO)
+    for name in ("uvicorn.error", "apps.transport"):
+        caplog.set_level(logging.INFO, logger=name)
+    async with serve_app(http=RoomyHeads) as port:
+        caplog.clear()
+        # uvicorn's protocol left this connection open and unanswered: closed within 2 s or failed
+        response = await exchange(port, request_head(path, headers, websocket=True), timeout=2)
+        assert status_of(response) == status, response[:300]
+        lines = [
+            r.getMessage() for r in caplog.records if r.name == "uvicorn.error" or r.name.startswith("apps.transport")
+        ]
+        assert len(lines) == 1, lines
+        assert [r for r in caplog.records if r.exc_info] == [] and "Traceback" not in caplog.text
+
+
+async def test_a_websocket_handshake_within_websockets_limits_is_accepted_under_the_same_server():
+    async with serve_app(http=RoomyHeads) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            headers = [("X-Long", "a" * 7 * 1024), *((f"X-H{i}", "a") for i in range(100))]
+            writer.write(request_head("/ws", headers, websocket=True))
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert status_of(head) == 101, head
+            writer.write(masked_text_frame("hello"))
+            assert await asyncio.wait_for(reader.readexactly(7), 5) == b"\x81\x05hello"
+        finally:
+            writer.close()
