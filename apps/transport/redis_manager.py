@@ -144,7 +144,7 @@ class RedisManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc]
         try:
             await self.publisher.publish(data)
         except PublishError as exc:
-            self._get_logger().warning("%s (%s dropped)", exc, data.get("method") if isinstance(data, dict) else data)
+            logger.warning("%s (%s dropped)", exc, data.get("method") if isinstance(data, dict) else data)
 
     async def emit_json(self, event: str, json_args: str, namespace: str, room: Any) -> None:
         """Emit ``event`` (one argument, already JSON text) to ``room`` on every instance: this

@@ -219,3 +219,82 @@ async def test_several_workers_on_one_port_all_deliver(redis_url, tags):
         for client in clients:
             await client.close()
         await server.stop()
+
+
+async def test_each_connections_events_are_handled_in_order_under_redis(instances, redis_url, tags):
+    """subscribe, unsubscribe, debug:rooms sent back to back on 50 connections, where subscribe to
+    a project room awaits a membership lookup in Redis: every connection's acks come back in the
+    order it sent them and nobody is left subscribed (before, 3 to 40 of 40 were, and debug:rooms
+    was answered before subscribe)."""
+    a, _ = instances
+    owner = uuid4()
+    project = await new_project(a.url, make_token(owner))
+    room = f"project:{project}"
+    clients = [await WsClient(a.url).connect(make_token(owner)) for _ in range(50)]
+    try:
+        replies: list[list[dict]] = [[] for _ in clients]
+        done = [asyncio.Event() for _ in clients]
+
+        def recorder(i: int):
+            def record(reply: dict) -> None:
+                replies[i].append(reply)
+                if len(replies[i]) == 3:
+                    done[i].set()
+
+            return record
+
+        for i, client in enumerate(clients):
+            for event, data in (("subscribe", {"room": room}), ("unsubscribe", {"room": room}), ("debug:rooms", {})):
+                await client.sio.emit(event, data, namespace="/ws", callback=recorder(i))
+        await asyncio.wait_for(asyncio.gather(*(d.wait() for d in done)), 20)
+        for got in replies:
+            assert [r.get("message", "").split(" ")[0] or "rooms" for r in got] == [
+                "Subscribed",
+                "Unsubscribed",
+                "rooms",
+            ]
+            assert room not in got[2]["rooms"]
+        admin = {"Authorization": f"Bearer {make_token(roles=['admin'])}"}
+        async with httpx.AsyncClient(base_url=a.url, headers=admin) as http:
+            assert room not in (await http.get("/api/v1/websocket/stats")).json()["rooms"]
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def test_what_is_sent_to_one_connection_never_goes_through_redis(instances, redis_url, tags):
+    """The welcome, acks and error acks are this instance's business: nothing is published for
+    them (before, every connection's welcome was published to every instance). Proven with a
+    marker: the first thing on the channel after all of it is the project.updated sent last."""
+    from redis import asyncio as aioredis
+
+    a, _ = instances
+    owner = uuid4()
+    token = make_token(owner)
+    project = await new_project(a.url, token)
+    redis = aioredis.Redis.from_url(redis_url)
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(tags["REDIS_CHANNEL"])
+    clients: list[WsClient] = []
+    try:
+        for _ in range(5):
+            client = await WsClient(a.url).connect(make_token())
+            clients.append(client)
+            await client.expect("connection_established")
+            assert (await client.call("ping"))["status"] == "pong"
+            assert (await client.call("subscribe", {"room": "nowhere"}))["code"] == "INVALID_ROOM"
+        async with httpx.AsyncClient(base_url=a.url, headers={"Authorization": f"Bearer {token}"}) as http:
+            marker = (await http.put(f"/api/v1/projects/{project}", json={"status": "marker"})).json()["event_id"]
+
+        async def first_message() -> bytes:
+            while (message := await pubsub.get_message(timeout=1.0)) is None:
+                pass
+            return bytes(message["data"])
+
+        first = await asyncio.wait_for(first_message(), 10)
+        assert b"project.updated" in first and marker.encode() in first, first
+    finally:
+        for client in clients:
+            await client.close()
+        await pubsub.aclose()
+        await redis.aclose()

@@ -25,6 +25,7 @@ async def test_redis_outage_fails_clearly_and_delivery_resumes_after():
     async with own_redis() as redis:
         servers = []
         clients: list[WsClient] = []
+        newcomers: list[WsClient] = []
         load: asyncio.Task[list[int]] | None = None
         stop_load = asyncio.Event()
         try:
@@ -75,9 +76,15 @@ async def test_redis_outage_fails_clearly_and_delivery_resumes_after():
             output, _ = await asyncio.wait_for(process.communicate(), 20)
             assert process.returncode != 0
             assert "DeliveryError: could not publish to Redis at" in output.decode()
-            # Clients stay connected.
+            # Clients stay connected, and new ones connect as usual: what is sent to one
+            # connection (the welcome, acks) never needs Redis.
             for client in clients:
                 assert (await client.call("ping"))["status"] == "pong"
+            for server in servers:
+                newcomer = await WsClient(server.url).connect(make_token())
+                newcomers.append(newcomer)
+                assert (await newcomer.expect("connection_established"))["type"] == "connection_established"
+                assert (await newcomer.call("ping"))["status"] == "pong"
 
             await redis.start()
             for server in servers:
@@ -100,11 +107,14 @@ async def test_redis_outage_fails_clearly_and_delivery_resumes_after():
                     return event["id"] == response.json()["event_id"]
 
                 await eventually(the_change, what="the post-outage event")
+            for server in servers:
+                output = "".join(server.output)
+                assert "Task exception was never retrieved" not in output and "Traceback" not in output, output
         finally:
             stop_load.set()
             if load is not None and not load.done():
                 load.cancel()
-            for client in clients:
+            for client in clients + newcomers:
                 await client.close()
             for server in servers:
                 await server.stop()
