@@ -25,6 +25,7 @@ from apps.api.tests.support import (
     make_token,
     marker,
     raw_subscriber,
+    stock_differs,
 )
 
 PROJECT = "550e8400-e29b-41d4-a716-446655440000"
@@ -356,6 +357,7 @@ async def test_room_limit_per_connection(connect, token):
     assert len((await client.call("debug:rooms"))["rooms"]) == 10
 
 
+@stock_differs("malformed")
 @pytest.mark.parametrize("garbage", ['42/ws,{"not": json', "427/ws,[1]", '42/ws,"event"', "42/ws,[]"])
 async def test_malformed_packet_closes_only_that_connection(server: RunningServer, connect, token, garbage):
     import json
@@ -399,6 +401,7 @@ async def test_a_client_that_stops_reading_never_delays_the_others(server: Runni
         assert (await fast.call("ping"))["status"] == "pong"
 
 
+@stock_differs("slow-client")
 async def test_a_client_that_leaves_too_much_unread_is_dropped_and_nobody_else_is(
     server: RunningServer, connect, http, token, monkeypatch
 ):
@@ -428,6 +431,7 @@ async def test_a_client_that_leaves_too_much_unread_is_dropped_and_nobody_else_i
         assert (await fast.call("ping"))["status"] == "pong"
 
 
+@stock_differs("pending-poll")
 async def test_closing_a_long_polling_session_answers_its_pending_poll(server: RunningServer, token):
     """A client's CLOSE ends its pending long-poll GET at once (python-engineio alone leaves it
     open for ping_interval + ping_timeout, which also holds up a graceful shutdown)."""
@@ -471,6 +475,7 @@ async def test_a_connection_keeps_only_the_environ_it_needs(server: RunningServe
     assert (await client.call("ping"))["status"] == "pong"
 
 
+@stock_differs("remote-addr")
 async def test_a_connection_is_logged_with_its_clients_address(server: RunningServer, connect, token, caplog):
     """The client's address (from a trusted proxy's X-Forwarded-For), not python-engineio's fixed
     127.0.0.1, in the stored environ and in the connection log line."""
@@ -520,6 +525,7 @@ async def _closed(raw) -> list[str]:
     return frames
 
 
+@stock_differs("reserved")
 @pytest.mark.parametrize("name", ["disconnect", "connect", "connect_error", "disconnecting"])
 async def test_a_client_event_with_a_reserved_name_closes_that_connection_and_runs_no_handler(
     server: RunningServer, connect, caplog, name
@@ -549,6 +555,7 @@ async def test_a_client_event_with_a_reserved_name_closes_that_connection_and_ru
     assert (await bystander.call("ping"))["status"] == "pong"
 
 
+@stock_differs("connect-timeout")
 async def test_a_connection_that_never_authenticates_is_closed_after_the_connect_timeout(server: RunningServer):
     """CONNECT_TIMEOUT_SECONDS (3 s for the tests): without it anyone could hold sockets without a
     token for as long as they answered pings."""

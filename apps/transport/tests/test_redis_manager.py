@@ -110,7 +110,7 @@ async def test_an_emit_to_one_local_connection_is_not_published(channel):
     pubsub = watcher.pubsub(ignore_subscribe_messages=True)
     await pubsub.subscribe(channel)
     try:
-        async with redis_server(channel) as (sio, manager), serve(sio) as url:
+        async with redis_server(channel) as (sio, _), serve(sio) as url:
             async with client_in_room(url, sio, "r") as (client, received):
                 sid = client.get_sid()
                 await sio.emit("news", "to you alone", to=sid)
