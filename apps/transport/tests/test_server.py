@@ -307,3 +307,41 @@ def test_check_packet_mirrors_socketio_parser():
     for text in invalid:
         with pytest.raises(MalformedPacket):
             check_packet(packet.Packet(encoded_packet=text))
+
+
+def _garbage(rng: random.Random) -> str | bytes:
+    """A message a broken or hostile client might send: a mangled Engine.IO/Socket.IO packet."""
+    parts = [
+        rng.choice(["4", "40", "41", "42", "43", "44", "45", "46", "47", "2", "3", "5", "6", "1", "x", ""]),
+        rng.choice(["", "/", "/ws,", "/nowhere,", "/ws", "1-", "11-", "99999999999-", "-"]),
+        rng.choice(["", "1", "12", "9" * 30, "-1", "abc"]),
+        rng.choice(['["e"]', '["e",1,2]', "[]", "{}", '"s"', "[", '{"a":', "null", "[null]", '["disconnect"]',
+                    '[{"_placeholder":true,"num":0}]', '["e",{"_placeholder":true,"num":5}]', "\ud7ff", "\x00"]),
+    ]  # fmt: skip
+    text = "".join(parts)
+    if rng.random() < 0.15:
+        return text.encode("utf-8", "surrogatepass")[: rng.randint(0, 20)]
+    return text
+
+
+async def test_no_client_input_makes_a_traceback_or_harms_another_connection(caplog):
+    """1,000 mangled packets over 100 connections: each is refused (or handled) with at most a
+    warning; a bystander is served throughout."""
+    sio = make_server()
+
+    @sio.on("*")
+    async def anything(event: str, sid: str, *args: Any) -> str:
+        return "handled"
+
+    rng = random.Random(8)  # a fixed corpus: a failure reproduces
+    async with serve(sio) as url, client(url, ["websocket"]) as bystander:
+        for _ in range(100):
+            async with raw(url) as ws:
+                await ws.send(rng.choice(["40", "40/ws,", '40{"token":"x"}']))
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    for _ in range(10):
+                        await ws.send(_garbage(rng))
+                    await ws.send("41")
+            assert await bystander.call("still-there", timeout=TIMEOUT) == "handled"
+    _, errors = warnings_and_errors(caplog)
+    assert not errors, [r.getMessage() for r in errors]
