@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import sys
 import time
 from collections import defaultdict
@@ -25,6 +24,7 @@ import uvicorn
 from apps.api.config import Settings
 from apps.api.events.broadcaster import get_broadcaster
 from apps.api.serving import uvicorn_options
+from apps.transport.tests.support import bound_socket
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 TEST_SECRET = "test-secret-" + "0123456789abcdef" * 4
@@ -96,14 +96,6 @@ class RunningServer:
     @property
     def ws_url(self) -> str:
         return f"{self.url}{NAMESPACE}"
-
-
-def bound_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(1024)
-    return sock
 
 
 @contextlib.asynccontextmanager

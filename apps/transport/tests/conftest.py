@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 import uvicorn
 
 from apps.transport import SocketIOMiddleware, uvicorn_options
+from apps.transport.tests.support import bound_socket
 
 MAX_MESSAGE = 1_000_000
 
@@ -26,10 +26,7 @@ async def not_found(scope: dict[str, Any], receive: Any, send: Any) -> None:
 @contextlib.asynccontextmanager
 async def serve(server: Any, *, path: str = "socket.io", **options: Any) -> AsyncIterator[str]:
     """Serve the Engine.IO or Socket.IO ``server`` at ``/path/``; yields the base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
+    sock = bound_socket()
     app = SocketIOMiddleware(not_found, server=server, path=path)
     config = uvicorn.Config(
         app,
