@@ -17,6 +17,7 @@ import websockets
 from apps.transport import EngineServer
 from apps.transport.engine_socket import EngineSocket
 from apps.transport.tests.conftest import serve
+from apps.transport.tests.support import server_errors
 
 TIMEOUT = 5.0
 
@@ -51,7 +52,7 @@ def polling(sid: str) -> dict[str, str]:
 
 
 def engine_errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    return server_errors(caplog.records)
 
 
 @pytest.mark.parametrize(("interval", "timeout", "advertised"), [(0.3, 0.2, (300, 200)), (25, 20, (25000, 20000))])

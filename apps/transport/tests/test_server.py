@@ -15,6 +15,7 @@ import websockets
 
 from apps.transport import LocalManager, SocketServer
 from apps.transport.tests.conftest import serve
+from apps.transport.tests.support import server_errors
 
 TIMEOUT = 5.0
 
@@ -56,7 +57,7 @@ async def frames_until_closed(ws: Any, timeout: float = TIMEOUT) -> list[Any]:
 
 def warnings_and_errors(caplog: pytest.LogCaptureFixture) -> tuple[list[str], list[logging.LogRecord]]:
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    return warnings, [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    return warnings, server_errors(caplog.records)
 
 
 # --- one ordered conversation per connection -------------------------------------------------
