@@ -16,7 +16,8 @@ What changes from python-engineio 4.15.1 (each listed in the package README):
   request it makes after that is refused), not by a periodic sweep.
 - **Messages in order.** Every MESSAGE is handed to the server's message dispatch in the order it
   arrived, over any transport (:meth:`EngineServer.deliver_message`).
-- **Long-polling.** A second GET while one is pending, a second POST while one is being read, a
+- **Long-polling.** A poll is answered with 16 packets at most (python-engineio's client refuses
+  more, and drops its connection); a second GET while one is pending, a second POST while one is being read, a
   malformed packet and a body over ``max_http_buffer_size`` each close the session (the pending
   GET is answered with a CLOSE); a session that closes answers its pending GET with a NOOP; a POST
   may carry any number of packets (python-engineio refuses more than 16, and then loses them).
@@ -32,6 +33,7 @@ from typing import Any, NoReturn
 
 from engineio import packet as eio_packet
 from engineio.async_socket import AsyncSocket
+from engineio.exceptions import QueueEmpty
 
 from apps.transport.environ import AwaitablePayload, BodyIncomplete, BodyTooLarge
 from apps.transport.framing import FramedStr
@@ -63,6 +65,10 @@ def _framed_packet(kind: int) -> eio_packet.Packet:
     pkt.encode_cache = FramedStr.of(pkt.encode())
     return pkt
 
+
+#: Most packets in one long-poll answer: python-engineio's client refuses a payload of more than
+#: 16 (``Payload.max_decode_packets``) and drops its connection; socket.io-client reads any number.
+MAX_POLL_PACKETS = 16
 
 #: The heartbeat's PING: written as this one frame to every connection.
 PING = _framed_packet(eio_packet.PING)
@@ -259,6 +265,31 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
 
     # --- long-polling ---------------------------------------------------------------------
 
+    async def poll(self) -> list[Any]:
+        """The packets for a long-poll: waits up to ``ping_interval + ping_timeout`` for the
+        first, then takes what else is queued, :data:`MAX_POLL_PACKETS` at most (the rest go in
+        the next poll). An empty list: the session closed. python-engineio's, with the cap and
+        without turning a cancellation into ``QueueEmpty``."""
+        try:
+            first = await asyncio.wait_for(self.queue.get(), self.server.ping_interval + self.server.ping_timeout)
+        except TimeoutError:
+            raise QueueEmpty from None
+        self.queue.task_done()
+        if first is None:
+            return []
+        packets = [first]
+        while len(packets) < MAX_POLL_PACKETS:
+            try:
+                pkt = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            self.queue.task_done()
+            if pkt is None:
+                self.queue.put_nowait(None)  # the session is closing: the next poll says so
+                break
+            packets.append(pkt)
+        return packets
+
     async def handle_get_request(self, environ: dict[str, Any]) -> Any:
         """A GET for this session: a WebSocket upgrade, or a long poll (its packets)."""
         connections = [s.strip() for s in environ.get("HTTP_CONNECTION", "").lower().split(",")]
@@ -284,7 +315,7 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
         self.polling = True
         try:
             packets = await self.poll()
-        except Exception:
+        except QueueEmpty:
             # nothing to send for ping_interval + ping_timeout: the client's heartbeat stopped
             await self.close(wait=False, reason=self.server.reason.TRANSPORT_ERROR)
             raise RequestRefused("the session timed out") from None

@@ -104,7 +104,7 @@ HOOKS = [
         "engineio.async_socket:AsyncSocket.poll",
         "826f58a9f3606db2",
         "engine_socket.EngineSocket.handle_get_request",
-        "relied on: the queue and its None sentinel",
+        "replaced (copied with a cap of 16 packets)",
     ),
     Hook(
         "engineio.async_socket:AsyncSocket.receive",

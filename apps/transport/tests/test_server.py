@@ -346,3 +346,17 @@ async def test_no_client_input_makes_a_traceback_or_harms_another_connection(cap
             assert await bystander.call("still-there", timeout=TIMEOUT) == "handled"
     _, errors = warnings_and_errors(caplog)
     assert not errors, [r.getMessage() for r in errors]
+
+
+async def test_a_python_socketio_client_on_long_polling_gets_a_burst_of_events_whole():
+    """python-engineio's client refuses a poll answer of more than 16 packets (and drops its
+    connection): a burst waits in the queue and goes out 16 at a time."""
+    sio = make_server()
+    async with serve(sio) as url, client(url, ["polling"]) as c:
+        received: asyncio.Queue[int] = asyncio.Queue()
+        c.on("n", received.put_nowait)
+        for n in range(100):
+            await sio.emit("n", n, to=c.get_sid())
+        got = [await asyncio.wait_for(received.get(), TIMEOUT) for _ in range(100)]
+        assert c.connected
+    assert got == list(range(100))
