@@ -2,7 +2,7 @@
 this package's servers in each suite's reference configuration (``conformance_server.py``).
 
 The suites and their runner live outside the repository, in ``../shared/conformance/`` (or
-``CONFORMANCE_DIR``). Without them these tests are skipped, saying so, unless
+``CONFORMANCE_DIR``; see ``CANDIDATES``). Without them these tests are skipped, saying so, unless
 ``CONFORMANCE_REQUIRED=1`` (CI sets it), which makes their absence a failure.
 """
 
@@ -17,7 +17,14 @@ import pytest
 
 from apps.transport.tests.support import REPO_ROOT, free_port, listening
 
-CONFORMANCE = Path(os.environ.get("CONFORMANCE_DIR") or REPO_ROOT.parent / "shared" / "conformance")
+#: Where the suites are looked for, in order: ``CONFORMANCE_DIR``, ``../shared/conformance`` beside
+#: the repository, and this workplace's shared folder (for a clone made elsewhere).
+CANDIDATES = [
+    *([Path(os.environ["CONFORMANCE_DIR"])] if os.environ.get("CONFORMANCE_DIR") else []),
+    REPO_ROOT.parent / "shared" / "conformance",
+    Path("/work/shared/conformance"),
+]
+CONFORMANCE = next((path for path in CANDIDATES if (path / "run").exists()), CANDIDATES[0])
 SUITE_TIMEOUT = 400  # seconds, the first run included (it installs the suites' npm packages)
 
 
@@ -25,7 +32,7 @@ SUITE_TIMEOUT = 400  # seconds, the first run included (it installs the suites' 
 def runner() -> Path:
     run = CONFORMANCE / "run"
     if not run.exists():
-        message = f"the official protocol suites are not at {CONFORMANCE} (set CONFORMANCE_DIR)"
+        message = f"the official protocol suites are in none of {[str(p) for p in CANDIDATES]} (set CONFORMANCE_DIR)"
         if os.environ.get("CONFORMANCE_REQUIRED") == "1":
             pytest.fail(message)
         pytest.skip(message)
