@@ -28,7 +28,7 @@ from apps.api.tests.support import (
     python_cmd,
     start_server_process,
 )
-from apps.transport.tests.support import server_errors
+from apps.transport.tests.support import frames_until_closed, server_errors
 from apps.transport.ws_protocol import HandedOffWebSocket
 
 
@@ -122,20 +122,6 @@ async def _raw_connection(port: int, token: str) -> AsyncIterator[Any]:
         yield raw
 
 
-async def _frames_until_closed(raw: Any, timeout: float) -> list[str]:
-    import websockets
-
-    frames: list[str] = []
-
-    async def read() -> None:
-        with contextlib.suppress(websockets.ConnectionClosed):
-            while True:
-                frames.append(await raw.recv())
-
-    await asyncio.wait_for(read(), timeout)
-    return frames
-
-
 async def _server_process(**env: str) -> tuple[ServerProcess, int]:
     """The service in a process of its own (its broadcaster is not this process's)."""
     port = free_port()
@@ -152,7 +138,7 @@ async def test_a_client_that_stops_answering_pings_is_dropped_and_one_that_answe
     try:
         await live.connect(make_token())  # python-socketio answers every PING
         async with _raw_connection(port, make_token()) as silent:
-            frames = await _frames_until_closed(silent, timeout=10)
+            frames = await frames_until_closed(silent, timeout=10)
         assert frames[-1] == "2"  # pinged, never answered, then closed
         assert live.sio.connected and (await live.call("ping"))["status"] == "pong"
     finally:
@@ -165,7 +151,7 @@ async def test_graceful_shutdown_closes_open_websockets_with_1012():
     try:
         async with _raw_connection(port, make_token()) as raw:
             await server.stop()  # SIGTERM: uvicorn's graceful shutdown
-            await _frames_until_closed(raw, timeout=TIMEOUT)
+            await frames_until_closed(raw, timeout=TIMEOUT)
             assert raw.close_code == 1012  # service restart: socket.io-client reconnects
     finally:
         await server.stop()
@@ -179,7 +165,7 @@ async def test_an_undecodable_packet_closes_only_that_connection_with_one_warnin
     async with _raw_connection(server.port, make_token()) as raw:
         caplog.clear()
         await raw.send(garbage)
-        await _frames_until_closed(raw, timeout=TIMEOUT)
+        await frames_until_closed(raw, timeout=TIMEOUT)
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("apps.")]
     assert len(warnings) == 1 and "clos" in warnings[0].getMessage(), [w.getMessage() for w in warnings]
     assert not server_errors(caplog.records)  # no traceback

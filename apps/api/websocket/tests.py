@@ -27,6 +27,7 @@ from apps.api.tests.support import (
     raw_subscriber,
     stock_differs,
 )
+from apps.transport.tests.support import frames_until_closed
 
 PROJECT = "550e8400-e29b-41d4-a716-446655440000"
 
@@ -371,14 +372,7 @@ async def test_malformed_packet_closes_only_that_connection(server: RunningServe
         assert (await asyncio.wait_for(raw.recv(), 5)).startswith("40/ws,")
         await raw.send(garbage)
 
-        async def until_closed() -> list[str]:
-            frames: list[str] = []
-            with contextlib.suppress(websockets.ConnectionClosed):
-                while not frames or frames[-1] != "1":  # Engine.IO's CLOSE packet
-                    frames.append(await raw.recv())
-            return frames
-
-        frames = await asyncio.wait_for(until_closed(), 5)
+        frames = await frames_until_closed(raw)
     assert frames[-1] == "1"
     assert (await bystander.call("ping"))["status"] == "pong"
 
@@ -515,16 +509,6 @@ async def _raw_ws(server: RunningServer, token: str | None):
         yield raw
 
 
-async def _closed(raw) -> list[str]:
-    import websockets
-
-    frames: list[str] = []
-    with contextlib.suppress(websockets.ConnectionClosed):
-        while True:
-            frames.append(await asyncio.wait_for(raw.recv(), 5))
-    return frames
-
-
 @stock_differs("reserved")
 @pytest.mark.parametrize("name", ["disconnect", "connect", "connect_error", "disconnecting"])
 async def test_a_client_event_with_a_reserved_name_closes_that_connection_and_runs_no_handler(
@@ -542,7 +526,7 @@ async def test_a_client_event_with_a_reserved_name_closes_that_connection_and_ru
         sid = json.loads(welcome[len("42/ws,") :])[1]["data"]["connection_id"]
         caplog.clear()
         await raw.send(f'42/ws,["{name}",{{"token":"{make_token(roles=["admin"])}"}}]')
-        assert (await _closed(raw))[-1:] == ["1"]
+        assert (await frames_until_closed(raw))[-1:] == ["1"]
 
     async def forgotten() -> bool:
         rooms = state.sio.manager.rooms.get("/ws", {})
@@ -562,12 +546,12 @@ async def test_a_connection_that_never_authenticates_is_closed_after_the_connect
     async with _raw_ws(server, None) as silent:
         loop = asyncio.get_running_loop()
         start = loop.time()
-        frames = await asyncio.wait_for(_closed(silent), 10)
+        frames = await frames_until_closed(silent, 10)
         assert frames == ["1"] and loop.time() - start >= 2.5
     async with _raw_ws(server, None) as refused:
         await refused.send('40/ws,{"token":"not-a-token"}')
         assert (await asyncio.wait_for(refused.recv(), 5)).startswith("44/ws,")
-        assert await asyncio.wait_for(_closed(refused), 10) == ["1"]
+        assert await frames_until_closed(refused, 10) == ["1"]
 
 
 async def test_a_client_that_retries_with_a_good_token_within_the_connect_timeout_is_served(server: RunningServer):

@@ -175,3 +175,19 @@ def server_errors(records: list[logging.LogRecord]) -> list[logging.LogRecord]:
         if (r.levelno >= logging.ERROR or r.exc_info)
         and not (r.name == "asyncio" and r.getMessage().startswith("Unclosed"))
     ]
+
+
+async def frames_until_closed(ws: Any, timeout: float = 5.0) -> list[Any]:
+    """Every message a ``websockets`` client receives until the server closes the connection;
+    fails if that takes longer than ``timeout`` seconds."""
+    import websockets
+
+    frames: list[Any] = []
+
+    async def read() -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:
+                frames.append(await ws.recv())
+
+    await asyncio.wait_for(read(), timeout)
+    return frames

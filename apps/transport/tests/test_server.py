@@ -15,7 +15,7 @@ import websockets
 
 from apps.transport import LocalManager, SocketServer
 from apps.transport.tests.conftest import serve
-from apps.transport.tests.support import server_errors
+from apps.transport.tests.support import frames_until_closed, server_errors
 
 TIMEOUT = 5.0
 
@@ -41,18 +41,6 @@ async def raw(url: str) -> Any:
     async with websockets.connect(url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket") as ws:
         assert (await asyncio.wait_for(ws.recv(), TIMEOUT)).startswith("0{")
         yield ws
-
-
-async def frames_until_closed(ws: Any, timeout: float = TIMEOUT) -> list[Any]:
-    frames: list[Any] = []
-
-    async def read() -> None:
-        with contextlib.suppress(websockets.ConnectionClosed):
-            while True:
-                frames.append(await ws.recv())
-
-    await asyncio.wait_for(read(), timeout)
-    return frames
 
 
 def warnings_and_errors(caplog: pytest.LogCaptureFixture) -> tuple[list[str], list[logging.LogRecord]]:
