@@ -47,6 +47,16 @@ _ERROR_MESSAGES = {
 }
 
 
+def _upgrade_mismatch(transport: str, environ: dict[str, Any]) -> str | None:
+    """Why a GET's ``transport`` and its ``Upgrade`` header disagree, or None."""
+    upgrade = environ.get("HTTP_UPGRADE", "").lower()
+    if transport == "websocket" and upgrade != "websocket":
+        return "Invalid websocket upgrade"
+    if transport == "polling" and upgrade == "websocket":
+        return "Invalid transport for a websocket upgrade"
+    return None
+
+
 class HandOffWebSocket(eio_asgi.WebSocket):  # type: ignore[misc]
     """python-engineio's ASGI WebSocket, exposing the hand-off of :mod:`apps.transport.ws_protocol`."""
 
@@ -128,11 +138,9 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         if sid is None:
             if method != "GET":
                 return await self._error(environ, BAD_HANDSHAKE_METHOD)
-            upgrade = environ.get("HTTP_UPGRADE", "").lower()
-            if transport == "websocket" and upgrade != "websocket":
-                return await self._error(environ, BAD_REQUEST, "Invalid websocket upgrade")
-            if transport == "polling" and upgrade == "websocket":
-                return await self._error(environ, BAD_REQUEST, "Invalid transport for a websocket upgrade")
+            mismatch = _upgrade_mismatch(transport, environ)
+            if mismatch is not None:
+                return await self._error(environ, BAD_REQUEST, mismatch)
             r = await self._handle_connect(environ, transport, jsonp_index)
         else:
             socket = self.sockets.get(sid)
@@ -153,11 +161,9 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         self, socket: EngineSocket, method: str, transport: str, environ: dict[str, Any], jsonp_index: int | None
     ) -> Any:
         if method == "GET":
-            upgrade = environ.get("HTTP_UPGRADE", "").lower()
-            if transport == "websocket" and upgrade != "websocket":
-                raise RequestRefused("Invalid websocket upgrade")
-            if transport == "polling" and upgrade == "websocket":
-                raise RequestRefused("Invalid transport for a websocket upgrade")
+            mismatch = _upgrade_mismatch(transport, environ)
+            if mismatch is not None:
+                raise RequestRefused(mismatch)
             packets = await socket.handle_get_request(environ)
             return self._ok(packets, jsonp_index=jsonp_index) if isinstance(packets, list) else packets
         if method == "POST":

@@ -171,7 +171,7 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
     # --- heartbeat ------------------------------------------------------------------------
 
     def start_heartbeat(self) -> None:
-        """Schedule the first PING, ``ping_interval`` from now."""
+        """Schedule the next PING, ``ping_interval`` from now (at the handshake, and after each PONG)."""
         loop = asyncio.get_running_loop()
         self._due = loop.time() + self.server.ping_interval
         self._timer = loop.call_at(self._due, self._ping)
@@ -203,9 +203,7 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
         self._deadline = None
         if self._timer is not None:
             self._timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._due = loop.time() + self.server.ping_interval
-        self._timer = loop.call_at(self._due, self._ping)
+        self.start_heartbeat()
 
     def schedule_ping(self) -> None:
         """python-engineio's hook (called after its handshake): the heartbeat has its own timers."""
@@ -221,7 +219,7 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
         elif kind == eio_packet.PONG:
             self._pong()
         elif kind == eio_packet.CLOSE:
-            spawn(self.close(wait=False, abort=True, reason=self.server.reason.CLIENT_DISCONNECT))
+            self.abort(self.server.reason.CLIENT_DISCONNECT)
         elif kind == eio_packet.UPGRADE:
             self.send_nowait(eio_packet.Packet(NOOP))
         elif kind not in (eio_packet.PING, eio_packet.NOOP):
@@ -251,7 +249,7 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
         """The handed-off connection is gone (closed by either side)."""
         self.ws = None
         if not self.closing and not self.closed:
-            spawn(self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE))
+            self.abort(self.server.reason.TRANSPORT_CLOSE)
 
     def _drop(self, why: str, code: int) -> None:
         logger.warning("%s: %s; closing the connection", self.sid, why)

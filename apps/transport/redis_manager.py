@@ -284,12 +284,6 @@ class RedisManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc]
 
     # --- health and lifecycle -------------------------------------------------------------
 
-    async def ping(self) -> bool:
-        try:
-            return bool(await asyncio.wait_for(self.publisher.client.ping(), self.publisher.timeout))
-        except (aioredis.RedisError, OSError, TimeoutError):
-            return False
-
     async def close(self) -> None:
         """Stop listening and release the connections this manager made."""
         task = getattr(self, "thread", None)

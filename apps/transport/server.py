@@ -115,10 +115,13 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
             logger.info("%s joined no namespace within %g s; closing the connection", eio_sid, self.connect_timeout)
             spawn(self.eio.disconnect(eio_sid))
 
-    async def _on_eio_disconnect(self, eio_sid: str, reason: Any = None) -> None:
+    def _cancel_connect_timer(self, eio_sid: str) -> None:
         timer = self._connect_timers.pop(eio_sid, None)
         if timer is not None:
             timer.cancel()
+
+    async def _on_eio_disconnect(self, eio_sid: str, reason: Any = None) -> None:
+        self._cancel_connect_timer(eio_sid)
         self._binary_packet.pop(eio_sid, None)
         if self._conversations.busy(eio_sid):  # after the events it sent before it went
             self._conversations.add(eio_sid, self._handle_eio_disconnect(eio_sid, reason))
@@ -249,9 +252,7 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
                 )
             await self.manager.disconnect(sid, namespace, ignore_queue=True)
             return
-        timer = self._connect_timers.pop(eio_sid, None)
-        if timer is not None:
-            timer.cancel()
+        self._cancel_connect_timer(eio_sid)
         if not self.always_connect:
             await self._send_packet(eio_sid, self.packet_class(sio_packet.CONNECT, {"sid": sid}, namespace=namespace))
             await self.manager.connect(sid, namespace)

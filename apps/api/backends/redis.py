@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from redis.exceptions import RedisError
+
 from apps.api.backends import RedisLink
 from apps.api.config import Settings
 from apps.api.events.emitter import DeliveryError, Emitter
@@ -63,8 +65,8 @@ class RedisBackend:
 
     async def ping(self) -> bool:
         try:
-            return bool(await self._client.ping())
-        except Exception:
+            return bool(await self._client.ping())  # bounded: the client has a socket timeout
+        except (RedisError, OSError, TimeoutError):
             return False
 
     async def aclose(self) -> None:
