@@ -13,12 +13,17 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from apps.api.backends import backend_for
+from apps.api.body_limit import BodyLimit
 from apps.api.config import Settings, get_settings
+from apps.api.db.engine import create_engine, database_url
+from apps.api.db.migrate import upgrade
 from apps.api.errors import install_error_handlers
 from apps.api.events.broadcaster import get_broadcaster
 from apps.api.logging_setup import configure_logging
-from apps.api.routes import health, projects, websocket_info
+from apps.api.routes import events, github, health, projects, websocket_info
 from apps.api.serving import tune_garbage_collector
+from apps.api.stores.handled import HandledRequests
+from apps.api.stores.sql_projects import SqlProjectStore
 from apps.api.websocket import server
 from apps.api.websocket.auth import TokenVerifier
 from apps.api.websocket.connections import Connections
@@ -42,7 +47,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     backend = backend_for(settings)
     sio = server.create_server(settings, backend)
-    store = backend.project_store()
+    engine = create_engine(settings.database_url)
+    store = SqlProjectStore(engine)
+    handled = HandledRequests(engine)
     workflow_routes = backend.workflow_routes()
     connections = Connections()
     ClientEvents(
@@ -56,6 +63,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        shown = database_url(settings.database_url).render_as_string(hide_password=True)
+        if settings.database_migrate_on_start:
+            await upgrade(engine)  # instances starting together take turns (apps/api/db/migrate.py)
+            logger.info("database %s: schema up to date", shown)
+        else:
+            logger.info("database %s (DATABASE_MIGRATE_ON_START=false: not migrating)", shown)
+        forgotten = await handled.forget_older_than()
+        if forgotten:
+            logger.info("forgot %d handled webhook deliveries and publish keys older than 30 days", forgotten)
         server.start(sio)
         if backend.redis is not None:
             logger.info("websocket sharing events through Redis at %s", redacted(backend.redis.url))
@@ -74,11 +90,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             get_broadcaster().attach(None)
             await server.stop(sio)
             await backend.aclose()
+            await engine.dispose()
 
     api = FastAPI(title="Real-time event service", version="1.0.0", lifespan=lifespan)
     api.state.settings = settings
     api.state.verifier = verifier
     api.state.projects = store
+    api.state.handled = handled
+    api.state.engine = engine
     api.state.connections = connections
     api.state.sio = sio
     api.state.backend = backend
@@ -89,8 +108,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_methods=["*"],
         allow_headers=["*"],
     )
+    api.add_middleware(BodyLimit, max_bytes=settings.max_http_body_bytes)
     install_error_handlers(api)
-    for module in (health, projects, websocket_info):
+    for module in (health, projects, events, github, websocket_info):
         api.include_router(module.router)
     server.mount(api, sio)  # outermost: Socket.IO requests never reach the HTTP middleware
     return api

@@ -43,6 +43,19 @@ class Settings(BaseSettings):
     redis_key_prefix: str = "events:"
     redis_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
 
+    # Database: projects and members. A SQLite file by default (nothing to install or start);
+    # PostgreSQL in production, e.g. postgresql+asyncpg://user:password@host/db
+    database_url: str = "sqlite+aiosqlite:///data/events.db"
+    # Apply the migrations at start-up (instances take turns); off: run `python -m apps.api.db upgrade`
+    database_migrate_on_start: bool = True
+
+    # HTTP: the largest request body read (larger ones get 413 before more is read)
+    max_http_body_bytes: int = Field(default=1_000_000, ge=1024)
+    # GitHub webhooks (POST /webhooks/github): the secret set in GitHub; unset refuses every delivery
+    github_webhook_secret: SecretStr | None = None
+    # POST /api/v1/events: callers whose token has this role (or the admin role) may publish
+    jwt_service_role: str = "service"
+
     # Uvicorn worker processes for `python apps/api/main.py` (more than one needs REDIS_URL).
     workers: int = Field(default=1, ge=1, le=64)
     shutdown_timeout_seconds: float = Field(default=10, ge=0)
@@ -81,7 +94,7 @@ class Settings(BaseSettings):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
-    @field_validator("redis_url", "log_file", "jwt_issuer", "jwt_audience", mode="before")
+    @field_validator("redis_url", "log_file", "jwt_issuer", "jwt_audience", "github_webhook_secret", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -95,12 +108,27 @@ class Settings(BaseSettings):
                 raise ValueError(f"REDIS_URL must start with one of {', '.join(s + '://' for s in REDIS_SCHEMES)}")
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_scheme(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme.split("+", 1)[0] not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError(
+                "DATABASE_URL must be a sqlite+aiosqlite:///<file> or postgresql+asyncpg://<user>@<host>/<db> URL"
+            )
+        return value
+
     @model_validator(mode="after")
     def _workers_need_redis(self) -> Settings:
         if self.workers > 1 and not self.redis_url:
             raise ValueError(
                 f"WORKERS={self.workers} needs REDIS_URL: without it, an event published in one worker "
                 "would never reach clients of the others"
+            )
+        if self.workers > 1 and self.database_url.lower().startswith("sqlite"):
+            raise ValueError(
+                f"WORKERS={self.workers} needs a database server (DATABASE_URL=postgresql+asyncpg://...): "
+                "the SQLite default serves one process"
             )
         return self
 

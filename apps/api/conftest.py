@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from apps.api.app import create_app
+from apps.api.tests.postgres_support import prepared_postgres
 from apps.api.tests.redis_support import DEFAULT_REDIS_URL, HOW_TO_PROVIDE, own_redis, reachable
 from apps.api.tests.support import RunningServer, WsClient, make_token, serve_in_process, test_settings
 
@@ -65,3 +66,9 @@ async def redis_url() -> AsyncIterator[str]:
         pytest.fail(f"Redis is not reachable at {DEFAULT_REDIS_URL}. {HOW_TO_PROVIDE}")
     async with own_redis() as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+async def postgres_url() -> str:
+    """The machine's PostgreSQL test database (TEST_DATABASE_URL), created and migrated once."""
+    return await prepared_postgres()

@@ -1,29 +1,56 @@
-"""FastAPI dependencies: the caller (from a Bearer token) and the stores."""
+"""FastAPI dependencies: the caller (from a Bearer token) and the stores.
+
+Routers whose every route needs a caller use ``route_class=AuthenticatedRoute``: the token is
+checked before the request's body is read or parsed, so a request without one gets 401 whatever
+its body (FastAPI reads the body before it resolves dependencies).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
+from fastapi.routing import APIRoute
 
 from apps.api.errors import ApiError
+from apps.api.stores.handled import HandledRequests
 from apps.api.stores.projects import ProjectStore
 from apps.api.websocket.auth import AuthError, Principal, TokenVerifier, extract_token
 
 
-def _verifier(request: Request) -> TokenVerifier:
+def authenticate(request: Request) -> Principal:
+    """The request's caller, from its Bearer token (401 without a valid one); checked once."""
+    known: Principal | None = getattr(request.state, "principal", None)
+    if known is not None:
+        return known
     verifier: TokenVerifier = request.app.state.verifier
-    return verifier
-
-
-def current_principal(request: Request, verifier: Annotated[TokenVerifier, Depends(_verifier)]) -> Principal:
     token = extract_token(None, authorization=request.headers.get("authorization"))
     try:
-        return verifier.verify(token)
+        principal = verifier.verify(token)
     except AuthError as exc:
         raise ApiError(
             401, exc.message, code=exc.code, reason=exc.reason, headers={"WWW-Authenticate": "Bearer"}
         ) from None
+    request.state.principal = principal
+    return principal
+
+
+class AuthenticatedRoute(APIRoute):
+    """A route that authenticates its caller before FastAPI reads the body."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def authenticated(request: Request) -> Response:
+            authenticate(request)
+            return await handler(request)
+
+        return authenticated
+
+
+def current_principal(request: Request) -> Principal:
+    return authenticate(request)
 
 
 def admin_principal(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
@@ -37,6 +64,12 @@ def project_store(request: Request) -> ProjectStore:
     return store
 
 
+def handled_requests(request: Request) -> HandledRequests:
+    handled: HandledRequests = request.app.state.handled
+    return handled
+
+
 CurrentUser = Annotated[Principal, Depends(current_principal)]
 AdminUser = Annotated[Principal, Depends(admin_principal)]
 ProjectStoreDep = Annotated[ProjectStore, Depends(project_store)]
+HandledRequestsDep = Annotated[HandledRequests, Depends(handled_requests)]

@@ -8,6 +8,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 _DEFAULT_CODES = {
@@ -66,7 +68,21 @@ async def _storage_unavailable(request: Request, exc: Exception) -> JSONResponse
     )
 
 
+async def _not_found(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(error_body("NOT_FOUND", str(exc)), status_code=404)
+
+
+async def _bad_cursor(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(error_body("VALIDATION_ERROR", str(exc)), status_code=422)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    from apps.api.stores.projects import InvalidCursor, ProjectNotFound
+
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(RedisError, _storage_unavailable)
+    app.add_exception_handler(ProjectNotFound, _not_found)
+    app.add_exception_handler(InvalidCursor, _bad_cursor)
+    # the database or Redis is unreachable (or its pool exhausted): 503, try again
+    for unavailable in (RedisError, OperationalError, InterfaceError, PoolTimeout, ConnectionError):
+        app.add_exception_handler(unavailable, _storage_unavailable)

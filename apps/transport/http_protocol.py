@@ -8,6 +8,14 @@ arriving, on a kept-alive connection), answering 408; and refuses a head over ``
 in all, or with a request line or header line over ``max_line_bytes``, with 431 (414 for the
 request line). Node's HTTP server does the same (``headersTimeout``, ``maxHeaderSize``).
 
+A response sent before its request's body has been read (a 401 before a large upload, a 413 at
+a body cap) ends the connection gracefully: uvicorn would keep reading and discarding the rest of
+the body for as long as the client sends it, or, with ``Connection: close``, close with the body
+unread, which makes the kernel reset the connection, and a client that was still sending then
+loses the response. Here the response is followed by a FIN, and what still arrives is discarded,
+``linger_bytes`` at most (then nothing more is read), for ``linger_seconds`` at most, then the
+connection is closed (nginx's ``lingering_close``).
+
 The limits are class attributes: a subclass sets its own (a service sets its own).
 """
 
@@ -35,6 +43,12 @@ class HeadLimitsProtocol(HttpToolsProtocol):
     #: Largest request head (request line and headers), and largest line in it, in bytes.
     max_head_bytes = 16 * 1024
     max_line_bytes = 8 * 1024
+    #: After a response sent with its request's body unread: how much more is read and discarded.
+    linger_seconds = 2.0
+    linger_bytes = 1024 * 1024
+
+    _lingering: asyncio.TimerHandle | None = None
+    _lingered = 0
 
     _head_timer: asyncio.TimerHandle | None = None
     _head_bytes = 0
@@ -50,7 +64,27 @@ class HeadLimitsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        if self._lingering is not None:
+            self._lingering.cancel()
         super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        cycle = self.cycle
+        super().on_response_complete()
+        if cycle is not None and cycle.more_body and not self.transport.is_closing() and self._lingering is None:
+            self._linger()
+
+    def _linger(self) -> None:
+        """The response is out and its request's body is not all read: send a FIN after it, and
+        discard what still arrives for a little while (see the module docstring)."""
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
+        self._stop_head_timer()
+        self.flow.resume_reading()
+        self._lingering = self.loop.call_later(self.linger_seconds, self.transport.close)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
 
     def _start_head_timer(self) -> None:
         if self.head_timeout is not None and self._head_timer is None:
@@ -110,7 +144,13 @@ class HeadLimitsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         """uvicorn's, answering a head refused above with its own status, and refusing a head
-        whose unfinished line has grown past ``max_head_bytes``."""
+        whose unfinished line has grown past ``max_head_bytes``; discarding what arrives after a
+        response sent with its request's body unread."""
+        if self._lingering is not None:
+            self._lingered += len(data)
+            if self._lingered > self.linger_bytes:
+                self.transport.pause_reading()  # the client's sends stall; the timer closes it
+            return
         self._unset_keepalive_if_required()
         # httptools keeps an unfinished header line to itself (on_header comes once the line has
         # ended), so a line that never ends would grow unchecked until head_timeout: count what

@@ -66,6 +66,32 @@ async def deliver_locally(
     return True
 
 
+def evict_locally(
+    manager: socketio.AsyncManager, namespace: str, room: Any, only_in: Any = None, notice: str | None = None
+) -> list[str]:
+    """Take this process's connections out of ``room`` (only those also in ``only_in``, when it is
+    given), sending each the encoded packet ``notice`` first. Returns their sids."""
+    rooms = manager.rooms.get(namespace, {})
+    members = rooms.get(room)
+    if not members:
+        return []
+    sids = list(members)
+    if only_in is not None:
+        others = rooms.get(only_in, {})
+        sids = [sid for sid in sids if sid in others]
+    if notice is not None and sids:
+        pkt = eio_packet.Packet(eio_packet.MESSAGE, notice)
+        pkt.encode_cache = FramedStr.of("4" + notice)
+        sockets = manager.server.eio.sockets
+        for sid in sids:
+            socket = sockets.get(members[sid])
+            if type(socket) is EngineSocket:
+                socket.send_nowait(pkt)
+    for sid in sids:
+        manager.basic_leave_room(sid, namespace, room)
+    return sids
+
+
 def event_packet(namespace: str, event: str, json_args: str) -> str:
     """The Socket.IO EVENT packet text for ``event`` with one argument given as JSON text."""
     return f"{_packet_head(namespace, event)}{json_args}]"
@@ -126,6 +152,11 @@ class LocalManager(RoomIndex, socketio.AsyncManager):  # type: ignore[misc]
     async def emit_json(self, event: str, json_args: str, namespace: str, room: Any) -> None:
         """Emit ``event`` whose one argument is already JSON text."""
         await deliver_packet(self, event_packet(namespace, event, json_args), namespace, room)
+
+    async def evict(self, namespace: str, room: Any, *, only_in: Any = None, notice: str | None = None) -> None:
+        """Take every connection out of ``room`` (or only those also in ``only_in``), telling each
+        with the encoded packet ``notice``; see :func:`evict_locally`."""
+        evict_locally(self, namespace, room, only_in, notice)
 
     async def emit(
         self,

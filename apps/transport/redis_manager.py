@@ -2,8 +2,9 @@
 recover quickly, and keep local things local.
 
 The wire format on the channel stays python-socketio's (any python-socketio emitter or server
-interoperates), plus one message of our own, ``emit_packet``: an EVENT packet already encoded,
-so that no instance encodes it again (python-socketio instances ignore it). What changes:
+interoperates), plus two messages of our own, which python-socketio instances ignore:
+``emit_packet``, an EVENT packet already encoded, so that no instance encodes it again; and
+``evict``, which takes connections out of a room on every instance, telling each. What changes:
 
 - :meth:`RedisManager.emit_json` (the fast path a publisher uses) raises :class:`PublishError`
   within ``timeout`` when Redis cannot be reached. python-socketio's own callers (``emit``,
@@ -31,10 +32,11 @@ from urllib.parse import urlsplit, urlunsplit
 import socketio
 from redis import asyncio as aioredis
 
-from apps.transport.managers import RoomIndex, deliver_locally, deliver_packet, event_packet
+from apps.transport.managers import RoomIndex, deliver_locally, deliver_packet, event_packet, evict_locally
 
-#: Our message on the channel: an EVENT packet already encoded.
+#: Our messages on the channel: an EVENT packet already encoded; connections to take out of a room.
 EMIT_PACKET = "emit_packet"
+EVICT = "evict"
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +84,20 @@ class PacketPublisher:
         """An encoded EVENT packet, for instances of this transport."""
         await self.publish(
             {"method": EMIT_PACKET, "packet": encoded, "namespace": namespace, "room": room, "host_id": self.host_id}
+        )
+
+    async def publish_evict(self, namespace: str, room: Any, only_in: Any = None, notice: str | None = None) -> None:
+        """Every instance takes its connections out of ``room`` (only those also in ``only_in``,
+        when given), sending each the encoded packet ``notice`` first."""
+        await self.publish(
+            {
+                "method": EVICT,
+                "namespace": namespace,
+                "room": room,
+                "only_in": only_in,
+                "notice": notice,
+                "host_id": self.host_id,
+            }
         )
 
     async def publish_emit(self, event: str, data: Any, namespace: str, room: Any) -> None:
@@ -154,6 +170,14 @@ class RedisManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc]
         if not self.write_only:
             await deliver_packet(self, encoded, namespace, room)
         await self.publisher.publish_packet(encoded, namespace, room)
+
+    async def evict(self, namespace: str, room: Any, *, only_in: Any = None, notice: str | None = None) -> None:
+        """Take connections out of ``room`` on every instance (see :func:`evict_locally`): here at
+        once, on the others through the channel. Raises :class:`PublishError` when Redis cannot be
+        reached (this instance's connections have left)."""
+        if not self.write_only:
+            evict_locally(self, namespace, room, only_in, notice)
+        await self.publisher.publish_evict(namespace, room, only_in, notice)
 
     async def emit(
         self,
@@ -229,6 +253,15 @@ class RedisManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc]
             elif method == EMIT_PACKET:
                 if isinstance(message.get("packet"), str):
                     await deliver_packet(self, message["packet"], message.get("namespace") or "/", message.get("room"))
+            elif method == EVICT:
+                notice = message.get("notice")
+                evict_locally(
+                    self,
+                    message.get("namespace") or "/",
+                    message.get("room"),
+                    message.get("only_in"),
+                    notice if isinstance(notice, str) else None,
+                )
             elif method == "emit":
                 await self._handle_emit(message)
             elif method == "disconnect":

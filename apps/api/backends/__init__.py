@@ -1,10 +1,12 @@
 """How this service's processes share events and state: one backend, chosen from the settings
 in one place (:func:`backend_for`), used by the app, the Socket.IO server and the broadcaster.
 
-- ``memory`` (``REDIS_URL`` unset): one process; projects and workflow routes in memory; a
-  process that serves no clients has nowhere to publish.
-- ``redis`` (``REDIS_URL`` set): instances share events through a Redis channel; projects and
-  workflow routes live in Redis; any process can publish (:meth:`Backend.publisher`).
+- ``memory`` (``REDIS_URL`` unset): one process; workflow routes in memory; a process that serves
+  no clients has nowhere to publish.
+- ``redis`` (``REDIS_URL`` set): instances share events through a Redis channel, and workflow
+  routes in Redis keys; any process can publish (:meth:`Backend.publisher`).
+
+Projects and their members live in the database (``DATABASE_URL``, :mod:`apps.api.db`), not here.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from typing import Any, Protocol
 from apps.api.config import Settings
 from apps.api.events.emitter import Emitter
 from apps.api.events.workflow_routes import WorkflowDirectory
-from apps.api.stores.projects import ProjectStore
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,6 @@ class Backend(Protocol):
     name: str
     #: The Redis the instances share, or None.
     redis: RedisLink | None
-
-    def project_store(self) -> ProjectStore: ...
 
     def workflow_routes(self) -> WorkflowDirectory: ...
 

@@ -5,15 +5,11 @@ from __future__ import annotations
 from apps.api.backends import RedisLink
 from apps.api.events.emitter import Emitter
 from apps.api.events.workflow_routes import WorkflowDirectory, WorkflowRoutes
-from apps.api.stores.projects import InMemoryProjectStore, ProjectStore
 
 
 class MemoryBackend:
     name = "memory"
     redis: RedisLink | None = None
-
-    def project_store(self) -> ProjectStore:
-        return InMemoryProjectStore()
 
     def workflow_routes(self) -> WorkflowDirectory:
         return WorkflowRoutes()

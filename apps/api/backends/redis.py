@@ -1,4 +1,4 @@
-"""Instances sharing one Redis: events on a channel, projects and workflow routes in keys."""
+"""Instances sharing one Redis: events on a channel, workflow routes in keys."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from apps.api.backends import RedisLink
 from apps.api.config import Settings
 from apps.api.events.emitter import DeliveryError, Emitter
 from apps.api.events.workflow_routes import RedisWorkflowRoutes, WorkflowDirectory
-from apps.api.stores.projects import ProjectStore
-from apps.api.stores.redis_projects import RedisProjectStore
 from apps.api.websocket.models import Event
 from apps.api.websocket.protocol import NAMESPACE
 from apps.transport.managers import event_packet
@@ -35,6 +33,13 @@ class RedisEmitter:
         except PublishError as exc:
             raise DeliveryError(str(exc)) from None
 
+    async def evict(self, notice: Event, *, room: str, only_in: str | None = None) -> None:
+        packet = event_packet(NAMESPACE, notice.type.value, notice.wire_json())
+        try:
+            await self._publisher.publish_evict(NAMESPACE, room, only_in, packet)
+        except PublishError as exc:
+            raise DeliveryError(str(exc)) from None
+
 
 class RedisBackend:
     name = "redis"
@@ -47,9 +52,6 @@ class RedisBackend:
             settings.redis_url, settings.redis_channel, settings.redis_timeout_seconds, client
         )
         self._client = client
-
-    def project_store(self) -> ProjectStore:
-        return RedisProjectStore(self._client, prefix=self._settings.redis_key_prefix)
 
     def workflow_routes(self) -> WorkflowDirectory:
         return RedisWorkflowRoutes(self._client, prefix=self._settings.redis_key_prefix)

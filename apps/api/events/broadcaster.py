@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 from apps.api.events.emitter import DeliveryError, Emitter
 from apps.api.events.routing import FALLBACK_ROOMS, rooms_for
 from apps.api.events.workflow_routes import WorkflowDirectory, WorkflowRoutes
-from apps.api.websocket.models import PAYLOADS, Event, EventType, Payload, WorkflowData
+from apps.api.websocket.models import PAYLOADS, Event, EventType, Payload, ProjectAccessRevokedData, WorkflowData
+from apps.api.websocket.rooms import project_room, user_room
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,10 @@ DEFAULT_SOURCES = {
     "issue": "github_service",
     "ai": "ai_service",
 }
+
+
+#: The event types a caller may publish (the others are the server's own).
+PUBLISHABLE = frozenset(PAYLOADS) - {EventType.CONNECTION_ESTABLISHED, EventType.PROJECT_ACCESS_REVOKED}
 
 
 class EventValidationError(ValueError):
@@ -56,6 +61,7 @@ class BroadcasterNotConfigured(RuntimeError):
 
 
 __all__ = [
+    "PUBLISHABLE",
     "Broadcaster",
     "BroadcasterNotConfigured",
     "DeliveryError",
@@ -128,6 +134,13 @@ class Broadcaster:
         logger.debug("sent %s %s to %s", event.type.value, event.id, rooms)
         return event
 
+    async def broadcast(self, event_type: EventType, data: Mapping[str, Any], *, source: str | None = None) -> Event:
+        """Any event type with its ``data`` as a mapping (what ``POST /api/v1/events`` calls):
+        validated, routed and sent as the typed ``broadcast_*`` method for that type would."""
+        if event_type not in PUBLISHABLE:
+            raise ValueError(f"{event_type.value} events are sent by the server only")
+        return await self._send(event_type, {**data, "source": source})
+
     async def _send(self, event_type: EventType, arguments: Mapping[str, Any]) -> Event:
         fields = {k: v for k, v in arguments.items() if k not in ("self", "source") and v is not None}
         source = arguments.get("source") or DEFAULT_SOURCES[event_type.value.split(".")[0]]
@@ -161,14 +174,31 @@ class Broadcaster:
         changes: Mapping[str, Any] | None = None,
         source: str | None = None,
     ) -> Event:
-        """``project.updated`` to ``project:<project_id>`` and ``user:<updated_by>``."""
+        """``project.updated`` to ``project:<project_id>``."""
         return await self._send(EventType.PROJECT_UPDATED, locals())
 
     async def broadcast_project_deleted(
         self, *, project_id: UUID, deleted_by: UUID, project_name: str | None = None, source: str | None = None
     ) -> Event:
-        """``project.deleted`` to ``project:<project_id>`` and ``user:<deleted_by>``."""
+        """``project.deleted`` to ``project:<project_id>``."""
         return await self._send(EventType.PROJECT_DELETED, locals())
+
+    async def revoke_project_access(
+        self, *, project_id: UUID, by: UUID, user_id: UUID | None = None, source: str | None = None
+    ) -> Event:
+        """Take connections out of ``project:<project_id>`` on every instance, each told by a
+        ``project.access_revoked`` event: ``user_id``'s connections when a member is removed,
+        everyone's when the project is deleted (``user_id`` None)."""
+        room = project_room(project_id)
+        reason = "member_removed" if user_id is not None else "project_deleted"
+        try:
+            data = ProjectAccessRevokedData(project_id=project_id, room=room, reason=reason, user_id=user_id, by=by)
+        except ValidationError as exc:
+            raise EventValidationError(EventType.PROJECT_ACCESS_REVOKED, exc) from None
+        event = Event.of(EventType.PROJECT_ACCESS_REVOKED, source or DEFAULT_SOURCES["project"], data)
+        await self._transport().evict(event, room=room, only_in=user_room(user_id) if user_id is not None else None)
+        logger.debug("revoked %s for %s", room, user_id or "everyone")
+        return event
 
     # --- agent ---------------------------------------------------------------------------
 
@@ -340,6 +370,9 @@ class Broadcaster:
         priority: str | None = None,
         assigned_to: UUID | None = None,
         created_by: UUID | None = None,
+        issue_number: int | None = None,
+        github_url: str | None = None,
+        author: str | None = None,
         source: str | None = None,
     ) -> Event:
         """``issue.created`` to ``project:<project_id>``."""
@@ -356,6 +389,9 @@ class Broadcaster:
         priority: str | None = None,
         assigned_to: UUID | None = None,
         created_by: UUID | None = None,
+        issue_number: int | None = None,
+        github_url: str | None = None,
+        author: str | None = None,
         changes: Mapping[str, Any] | None = None,
         source: str | None = None,
     ) -> Event:
@@ -372,6 +408,9 @@ class Broadcaster:
         priority: str | None = None,
         assigned_to: UUID | None = None,
         created_by: UUID | None = None,
+        issue_number: int | None = None,
+        github_url: str | None = None,
+        author: str | None = None,
         closed_by: UUID | None = None,
         source: str | None = None,
     ) -> Event:

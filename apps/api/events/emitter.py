@@ -1,4 +1,5 @@
-"""The one thing the broadcaster needs from a transport: send an event to some rooms."""
+"""What the broadcaster needs from a transport: send an event to some rooms, and take
+connections out of a room (telling each with an event), on every instance."""
 
 from __future__ import annotations
 
@@ -17,4 +18,11 @@ class Emitter(Protocol):
         """Send ``event`` to every connection in any of ``rooms``, once each.
 
         Raises :class:`DeliveryError` when it cannot."""
+        ...
+
+    async def evict(self, notice: Event, *, room: str, only_in: str | None = None) -> None:
+        """Take every connection out of ``room`` (only those also in ``only_in``, when given) on
+        every instance, sending each ``notice`` first.
+
+        Raises :class:`DeliveryError` when other instances cannot be told."""
         ...

@@ -16,6 +16,7 @@ from apps.api.websocket.models import (
     IssueData,
     Payload,
     PrData,
+    ProjectAccessRevokedData,
     ProjectDeletedData,
     ProjectUpdatedData,
     WorkflowData,
@@ -30,10 +31,9 @@ def rooms_for(data: Payload) -> list[str]:
     the broadcaster then looks up the workflow's recorded rooms, and falls back to admins.
     """
     match data:
-        case ProjectUpdatedData():
-            return [project_room(data.project_id), user_room(data.updated_by)]
-        case ProjectDeletedData():
-            return [project_room(data.project_id), user_room(data.deleted_by)]
+        case ProjectUpdatedData() | ProjectDeletedData() | ProjectAccessRevokedData():
+            # the project's room only: a client that leaves it stops receiving its events
+            return [project_room(data.project_id)]
         case AgentStatusChangedData() | AgentConnectedData() | AgentDisconnectedData():
             return [agent_room(data.agent_id)]
         case PrData() | IssueData():

@@ -1,4 +1,7 @@
-"""``/api/v1/projects``: the caller's projects. Changes are published through the broadcaster."""
+"""``/api/v1/projects``: the caller's projects and their members. Changes are published through
+the broadcaster, after they are stored and before the project's lock is released (see
+:mod:`apps.api.stores.projects`), so no event describes a change that was not stored, or
+follows its project's deletion."""
 
 from __future__ import annotations
 
@@ -8,28 +11,29 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Body, status
+from fastapi import APIRouter, Body, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from apps.api.deps import CurrentUser, ProjectStoreDep
+from apps.api.deps import AuthenticatedRoute, CurrentUser, ProjectStoreDep
 from apps.api.errors import ApiError
 from apps.api.events.broadcaster import DeliveryError, get_broadcaster
-from apps.api.stores.projects import Project
+from apps.api.stores.projects import Member, Project
 from apps.api.websocket.auth import Principal
 from apps.api.websocket.models import Event
 
-router = APIRouter(prefix="/api/v1/projects", tags=["projects"])
+router = APIRouter(prefix="/api/v1/projects", tags=["projects"], route_class=AuthenticatedRoute)
 logger = logging.getLogger(__name__)
 
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 Url = Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^https?://")]
 Status = Annotated[str, Field(min_length=1, max_length=50)]
+Description = Annotated[str, Field(max_length=10_000)]
 
 
 class ProjectCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Name
-    description: Annotated[str, Field(max_length=10_000)] | None = None
+    description: Description | None = None
     repository_url: Url | None = None
     status: Status = "active"
 
@@ -39,7 +43,7 @@ class ProjectUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: Name | None = None
-    description: Annotated[str, Field(max_length=10_000)] | None = None
+    description: Description | None = None
     repository_url: Url | None = None
     status: Status | None = None
 
@@ -75,6 +79,25 @@ class ProjectPublic(BaseModel):
         )
 
 
+class ProjectList(BaseModel):
+    items: list[ProjectPublic]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last")
+
+
+class MemberPublic(BaseModel):
+    user_id: UUID
+    role: str
+    added_at: datetime
+
+    @classmethod
+    def of(cls, member: Member) -> MemberPublic:
+        return cls(user_id=member.user_id, role=member.role, added_at=member.added_at)
+
+
+class MemberList(BaseModel):
+    items: list[MemberPublic]
+
+
 class ProjectUpdated(BaseModel):
     success: bool = True
     project: ProjectPublic
@@ -89,6 +112,12 @@ class ProjectDeleted(BaseModel):
     event_delivered: bool
 
 
+class MemberRemoved(BaseModel):
+    success: bool = True
+    project: ProjectPublic
+    event_delivered: bool = Field(description="false when other instances could not be told (Redis down)")
+
+
 async def _announce(publishing: Awaitable[Event]) -> tuple[str | None, bool]:
     """Publish after a stored change. The change stands either way; an event Redis could not take
     is reported as not delivered rather than failing the request (a retry would change nothing)."""
@@ -100,23 +129,36 @@ async def _announce(publishing: Awaitable[Event]) -> tuple[str | None, bool]:
     return event.id, True
 
 
-async def _visible_project(store: ProjectStoreDep, project_id: UUID, user: Principal) -> Project:
-    project = await store.get(project_id)
-    if project is None:
-        raise ApiError(404, f"Project {project_id} not found")
+def require_member(project: Project, user: Principal) -> None:
+    """403 unless ``user`` is a member of ``project`` (or an admin)."""
     if not user.is_admin and user.user_id not in project.members:
-        raise ApiError(403, f"You are not a member of project {project_id}", code="PROJECT_ACCESS_DENIED")
-    return project
+        raise ApiError(403, f"You are not a member of project {project.id}", code="PROJECT_ACCESS_DENIED")
 
 
-def _require_owner(project: Project, user: Principal) -> None:
+def require_owner(project: Project, user: Principal) -> None:
+    """403 unless ``user`` owns ``project`` (or is an admin)."""
     if not user.is_admin and project.owner_id != user.user_id:
         raise ApiError(403, "Only the project's owner may do this", code="PROJECT_ACCESS_DENIED")
 
 
-@router.get("", response_model=list[ProjectPublic])
-async def list_projects(user: CurrentUser, store: ProjectStoreDep) -> list[ProjectPublic]:
-    return [ProjectPublic.of(p) for p in await store.list_for_user(user.user_id)]
+async def _visible_project(store: ProjectStoreDep, project_id: UUID, user: Principal) -> Project:
+    project = await store.get(project_id)
+    if project is None:
+        raise ApiError(404, f"Project {project_id} not found")
+    require_member(project, user)
+    return project
+
+
+@router.get("", response_model=ProjectList)
+async def list_projects(
+    user: CurrentUser,
+    store: ProjectStoreDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> ProjectList:
+    """The caller's projects, oldest first, ``limit`` at a time."""
+    page = await store.list_for_user(user.user_id, limit=limit, cursor=cursor)
+    return ProjectList(items=[ProjectPublic.of(p) for p in page.items], next_cursor=page.next_cursor)
 
 
 @router.post("", response_model=ProjectPublic, status_code=status.HTTP_201_CREATED)
@@ -134,24 +176,28 @@ async def get_project(project_id: UUID, user: CurrentUser, store: ProjectStoreDe
 async def update_project(
     project_id: UUID, body: ProjectUpdate, user: CurrentUser, store: ProjectStoreDep
 ) -> ProjectUpdated:
-    """Stores the given fields and broadcasts ``project.updated`` with what really changed."""
-    await _visible_project(store, project_id, user)
+    """Stores the given fields (members and admins) and broadcasts ``project.updated`` with what
+    really changed."""
     requested: dict[str, Any] = body.model_dump(exclude_unset=True)
     if any(requested.get(k) is None for k in ("name", "status") if k in requested):
         raise ApiError(422, "name and status cannot be null", code="VALIDATION_ERROR")
-    project, changed = await store.update(project_id, requested)
     event_id, delivered = None, True
-    if changed:
-        event_id, delivered = await _announce(
-            get_broadcaster().broadcast_project_updated(
-                project_id=project.id,
-                project_name=project.name,
-                repository_url=project.repository_url,
-                status=project.status,
-                updated_by=user.user_id,
-                changes=changed,
+    async with store.editing(project_id) as edit:
+        require_member(edit.project, user)
+        changed = await edit.update(requested)
+        await edit.commit()
+        project = edit.project
+        if changed:
+            event_id, delivered = await _announce(
+                get_broadcaster().broadcast_project_updated(
+                    project_id=project.id,
+                    project_name=project.name,
+                    repository_url=project.repository_url,
+                    status=project.status,
+                    updated_by=user.user_id,
+                    changes=changed,
+                )
             )
-        )
     return ProjectUpdated(
         project=ProjectPublic.of(project), changed_fields=list(changed), event_id=event_id, event_delivered=delivered
     )
@@ -159,23 +205,68 @@ async def update_project(
 
 @router.delete("/{project_id}", response_model=ProjectDeleted)
 async def delete_project(project_id: UUID, user: CurrentUser, store: ProjectStoreDep) -> ProjectDeleted:
-    """Deletes the project (owner or admin) and broadcasts ``project.deleted``."""
-    project = await _visible_project(store, project_id, user)
-    _require_owner(project, user)
-    await store.delete(project_id)
-    event_id, delivered = await _announce(
-        get_broadcaster().broadcast_project_deleted(
-            project_id=project.id, project_name=project.name, deleted_by=user.user_id
+    """Deletes the project (owner or admin), broadcasts ``project.deleted`` to its room, then takes
+    every connection out of the room (each told by ``project.access_revoked``)."""
+    async with store.editing(project_id) as edit:
+        require_member(edit.project, user)
+        require_owner(edit.project, user)
+        project = edit.project
+        await edit.delete()
+        await edit.commit()
+        broadcaster = get_broadcaster()
+        event_id, delivered = await _announce(
+            broadcaster.broadcast_project_deleted(
+                project_id=project.id, project_name=project.name, deleted_by=user.user_id
+            )
         )
-    )
-    return ProjectDeleted(event_id=event_id, event_delivered=delivered)
+        _, revoked = await _announce(broadcaster.revoke_project_access(project_id=project.id, by=user.user_id))
+    return ProjectDeleted(event_id=event_id, event_delivered=delivered and revoked)
 
 
-@router.post("/{project_id}/members", response_model=ProjectPublic, status_code=status.HTTP_201_CREATED)
+@router.get("/{project_id}/members", response_model=MemberList)
+async def list_members(project_id: UUID, user: CurrentUser, store: ProjectStoreDep) -> MemberList:
+    """The project's members, with their role (``owner`` or ``member``); members and admins."""
+    await _visible_project(store, project_id, user)
+    return MemberList(items=[MemberPublic.of(m) for m in await store.members(project_id)])
+
+
+@router.post(
+    "/{project_id}/members",
+    response_model=ProjectPublic,
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"description": "already a member: nothing changed"}},
+)
 async def add_member(
-    project_id: UUID, body: Annotated[MemberAdd, Body()], user: CurrentUser, store: ProjectStoreDep
+    project_id: UUID,
+    body: Annotated[MemberAdd, Body()],
+    user: CurrentUser,
+    store: ProjectStoreDep,
+    response: Response,
 ) -> ProjectPublic:
     """Adds a member (owner or admin); members may join ``project:<id>``."""
-    project = await _visible_project(store, project_id, user)
-    _require_owner(project, user)
-    return ProjectPublic.of(await store.add_member(project_id, body.user_id))
+    async with store.editing(project_id) as edit:
+        require_member(edit.project, user)
+        require_owner(edit.project, user)
+        if not await edit.add_member(body.user_id):
+            response.status_code = status.HTTP_200_OK
+        return ProjectPublic.of(edit.project)
+
+
+@router.delete("/{project_id}/members/{user_id}", response_model=MemberRemoved)
+async def remove_member(project_id: UUID, user_id: UUID, user: CurrentUser, store: ProjectStoreDep) -> MemberRemoved:
+    """Removes a member (the owner or an admin; any member may remove themselves). Their open
+    connections, on every instance, leave ``project:<id>`` at once, each told by
+    ``project.access_revoked``."""
+    async with store.editing(project_id) as edit:
+        require_member(edit.project, user)
+        if user_id != user.user_id:
+            require_owner(edit.project, user)
+        if user_id == edit.project.owner_id:
+            raise ApiError(409, "The project's owner cannot be removed from it", code="OWNER_CANNOT_BE_REMOVED")
+        if not await edit.remove_member(user_id):
+            raise ApiError(404, f"User {user_id} is not a member of project {project_id}", code="MEMBER_NOT_FOUND")
+        await edit.commit()
+        _, delivered = await _announce(
+            get_broadcaster().revoke_project_access(project_id=project_id, user_id=user_id, by=user.user_id)
+        )
+        return MemberRemoved(project=ProjectPublic.of(edit.project), event_delivered=delivered)

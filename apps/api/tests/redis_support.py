@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from redis import asyncio as aioredis
 
-from apps.api.tests.support import free_port
+from apps.api.tests.support import free_port, sqlite_url
 
 DEFAULT_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 HOW_TO_PROVIDE = (
@@ -94,9 +94,10 @@ async def own_redis() -> AsyncIterator[RedisProcess]:
 
 
 def isolation() -> dict[str, str]:
-    """A channel and key prefix of their own, so tests never see each other's events or data."""
+    """A channel, key prefix and database of their own (a SQLite file, which the instances given
+    these settings share), so tests never see each other's events or data."""
     tag = uuid.uuid4().hex[:10]
-    return {"REDIS_CHANNEL": f"test-{tag}", "REDIS_KEY_PREFIX": f"test-{tag}:"}
+    return {"REDIS_CHANNEL": f"test-{tag}", "REDIS_KEY_PREFIX": f"test-{tag}:", "DATABASE_URL": sqlite_url()}
 
 
 async def delete_prefix(url: str, prefix: str) -> None:

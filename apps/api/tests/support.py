@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
@@ -30,6 +31,13 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 TEST_SECRET = "test-secret-" + "0123456789abcdef" * 4
 NAMESPACE = "/ws"
 TIMEOUT = 5.0
+#: Each test app gets a SQLite file of its own in here (unless it names a DATABASE_URL).
+DATABASE_DIR = Path(tempfile.mkdtemp(prefix="event-service-tests-"))
+
+
+def sqlite_url() -> str:
+    """A new, empty SQLite database for one app."""
+    return f"sqlite+aiosqlite:///{DATABASE_DIR / uuid4().hex}.db"
 
 
 #: The suites that also run on plain python-socketio (``WEBSOCKET_TRANSPORT=stock``, see the
@@ -80,6 +88,7 @@ def test_settings(**overrides: Any) -> Settings:
         "redis_url": None,
         "max_rooms_per_connection": 10,
         "connect_timeout_seconds": 3,
+        "database_url": sqlite_url(),
         # the WebSocket and JavaScript-client suites also run on plain python-socketio (Makefile)
         "websocket_transport": os.environ.get("WEBSOCKET_TRANSPORT", "service"),
     }
@@ -152,8 +161,9 @@ async def start_server_process(
     ready_count: int = 1,
 ) -> ServerProcess:
     """Start the service as a child process and wait (bounded) until its log has said ``ready``
-    ``ready_count`` times. Its output is read all along (a full pipe would block the server)."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+    ``ready_count`` times. Its output is read all along (a full pipe would block the server).
+    It gets a new SQLite database unless ``env`` names a ``DATABASE_URL``."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "DATABASE_URL": sqlite_url(), **env}
     process = await asyncio.create_subprocess_exec(
         *args, cwd=cwd, env=full_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )

@@ -40,10 +40,16 @@ async def test_the_cards_fastapi_snippet_runs_in_a_router_a_user_adds():
     server = await start_server_process(args, env=env)
     client = WsClient(f"http://127.0.0.1:{port}")
     try:
-        await client.connect(make_token(CARD_USER))  # updated_by's own room is joined on connect
+        token = make_token(CARD_USER)
+        await client.connect(token)
         await client.expect("connection_established")
-        project = uuid4()
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            # project.updated goes to the project's room: a member subscribes to it
+            created = await http.post(
+                "/api/v1/projects", json={"name": "P"}, headers={"Authorization": f"Bearer {token}"}
+            )
+            project = created.json()["id"]
+            assert (await client.call("subscribe", {"room": f"project:{project}"}))["status"] == "success"
             response = await http.put(f"/projects/{project}")
             assert (response.status_code, response.json()) == (200, {"success": True})
             assert (await http.get("/health")).status_code == 200  # the service's own routes still there

@@ -168,19 +168,27 @@ async def test_agent_events_go_to_the_agent_room_only(connect, method, event, fi
     assert other.received(event) == []
 
 
-async def test_project_updated_also_reaches_the_actor_once(connect, http):
+async def test_project_events_go_to_the_project_room_only(connect, http):
+    """Not to the acting user's own room: a tab of theirs that is not subscribed gets nothing, and a
+    client that unsubscribes stops receiving them."""
     client, user, project = await joined(connect, http)  # in both project:<id> and user:<user>
     second_tab = await connect(make_token(user))  # same user, not subscribed to the project
-    await get_broadcaster().broadcast_project_updated(
+    broadcaster = get_broadcaster()
+    await broadcaster.broadcast_project_updated(
         project_id=UUID(project), project_name="P", status="active", updated_by=user, changes={"status": "x"}
     )
     await client.expect("project.updated")
-    await second_tab.expect("project.updated")
-    await marker(client)
-    assert client.received("project.updated") == []
+    assert (await client.call("unsubscribe", {"room": f"project:{project}"}))["status"] == "success"
+    await broadcaster.broadcast_project_updated(
+        project_id=UUID(project), project_name="P", status="paused", updated_by=user, changes={"status": "paused"}
+    )
+    await broadcaster.broadcast_project_deleted(project_id=UUID(project), deleted_by=user)
+    await marker(client, second_tab)
+    assert client.received("project.updated") == [] and client.received("project.deleted") == []
+    assert second_tab.received("project.updated") == [] and second_tab.received("project.deleted") == []
 
 
-async def test_project_deleted_reaches_members_and_actor(connect, http):
+async def test_project_deleted_reaches_the_projects_room(connect, http):
     client, user, project = await joined(connect, http)
     await get_broadcaster().broadcast_project_deleted(project_id=UUID(project), deleted_by=user)
     assert (await client.expect("project.deleted"))["data"]["deleted_by"] == str(user)

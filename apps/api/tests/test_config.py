@@ -63,10 +63,25 @@ def test_production_with_a_real_secret_is_accepted(monkeypatch):
     assert "k" * 40 not in repr(s)
 
 
-def test_several_workers_need_redis(monkeypatch):
+def test_several_workers_need_redis_and_a_database_server(monkeypatch):
     with pytest.raises(ValidationError, match="WORKERS=3 needs REDIS_URL"):
         settings(monkeypatch, WORKERS="3")
-    assert settings(monkeypatch, WORKERS="3", REDIS_URL="redis://127.0.0.1:6379").workers == 3
+    with pytest.raises(ValidationError, match="WORKERS=3 needs a database server"):
+        settings(monkeypatch, WORKERS="3", REDIS_URL="redis://127.0.0.1:6379")
+    pg = "postgresql+asyncpg://app@db/events"
+    assert settings(monkeypatch, WORKERS="3", REDIS_URL="redis://127.0.0.1:6379", DATABASE_URL=pg).workers == 3
+
+
+def test_the_database_defaults_to_a_sqlite_file_and_takes_postgresql(monkeypatch):
+    assert settings(monkeypatch).database_url == "sqlite+aiosqlite:///data/events.db"
+    for url in ("postgresql+asyncpg://u:p@db:5432/events", "sqlite+aiosqlite:////var/lib/events/app.db"):
+        assert settings(monkeypatch, DATABASE_URL=url).database_url == url
+
+
+@pytest.mark.parametrize("url", ["mysql://db/x", "events.db", "redis://localhost"])
+def test_database_url_must_be_sqlite_or_postgresql(monkeypatch, url):
+    with pytest.raises(ValidationError, match="DATABASE_URL must be"):
+        settings(monkeypatch, DATABASE_URL=url)
 
 
 @pytest.mark.parametrize("url", ["localhost:6379", "http://redis:6379", "redis//x"])

@@ -42,7 +42,7 @@ import pytest
 import websockets
 
 from apps.api.events.broadcaster import get_broadcaster
-from apps.api.stores import projects as project_store_module
+from apps.api.stores import sql_projects as project_store_module
 from apps.api.tests.support import REPO_ROOT, RunningServer, make_token
 
 JS_DIR = REPO_ROOT / "apps" / "api" / "tests" / "js"
@@ -325,7 +325,7 @@ async def card_project(http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch)
             )
         assert response.status_code == 201, response.text
         assert response.json()["id"] == str(CARD_PROJECT_ID), (
-            "could not create the card's project 550e8400-...: the test pins apps.api.stores.projects.uuid4"
+            "could not create the card's project 550e8400-...: the test pins apps.api.stores.sql_projects.uuid4"
         )
     else:
         assert existing.status_code == 200, existing.text

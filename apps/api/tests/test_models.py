@@ -116,6 +116,13 @@ def test_wire_json_is_wire_for_every_event_type():
     samples = {
         "project.updated": CARD_EXAMPLE["data"],
         "project.deleted": {"project_id": project, "deleted_by": project},
+        "project.access_revoked": {
+            "project_id": project,
+            "room": f"project:{project}",
+            "reason": "member_removed",
+            "user_id": project,
+            "by": project,
+        },
         "agent.status_changed": {"agent_id": project, "agent_name": 'A"é\n', "status": "idle", "availability": 5.5},
         "agent.connected": {"agent_id": project, "agent_name": "A", "capabilities": ["x"]},
         "agent.disconnected": {"agent_id": project, "agent_name": "A"},

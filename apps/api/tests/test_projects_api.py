@@ -21,11 +21,12 @@ async def test_create_list_get(http, token, user_id):
     assert body["members"] == [str(user_id)]
     assert body["status"] == "active"
     listed = await http.get("/api/v1/projects", headers=bearer(token))
-    assert [p["id"] for p in listed.json()] == [body["id"]]
+    assert [p["id"] for p in listed.json()["items"]] == [body["id"]]
+    assert listed.json()["next_cursor"] is None
     fetched = await http.get(f"/api/v1/projects/{body['id']}", headers=bearer(token))
     assert fetched.json()["name"] == "Alpha"
     other = await http.get("/api/v1/projects", headers=bearer(make_token()))
-    assert other.json() == []
+    assert other.json() == {"items": [], "next_cursor": None}
 
 
 async def test_put_stores_and_broadcasts_what_changed(http, connect, token, user_id):
@@ -170,6 +171,9 @@ async def test_a_stored_change_whose_event_cannot_be_delivered_says_so(http, tok
 
     class RedisDown:
         async def emit(self, event: object, *, rooms: list[str]) -> None:
+            raise DeliveryError("could not publish to Redis at redis://example:6379: ConnectionError")
+
+        async def evict(self, notice: object, *, room: str, only_in: str | None = None) -> None:
             raise DeliveryError("could not publish to Redis at redis://example:6379: ConnectionError")
 
     project = (await http.post("/api/v1/projects", json={"name": "Eta"}, headers=bearer(token))).json()

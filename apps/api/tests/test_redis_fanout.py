@@ -13,6 +13,7 @@ from uuid import UUID, uuid4
 import httpx
 import pytest
 
+from apps.api.tests.postgres_support import prepared_postgres
 from apps.api.tests.redis_support import delete_prefix, isolation
 from apps.api.tests.support import (
     REPO_ROOT,
@@ -45,7 +46,8 @@ def server_env(redis_url: str, tags: dict[str, str], **extra: str) -> dict[str, 
 
 @pytest.fixture(scope="module")
 async def tags(redis_url: str) -> AsyncIterator[dict[str, str]]:
-    tags = isolation()
+    # the instances share PostgreSQL, as in production (several processes need a database server)
+    tags = {**isolation(), "DATABASE_URL": await prepared_postgres()}
     yield tags
     await delete_prefix(redis_url, tags["REDIS_KEY_PREFIX"])
 
@@ -298,3 +300,32 @@ async def test_what_is_sent_to_one_connection_never_goes_through_redis(instances
             await client.close()
         await pubsub.aclose()
         await redis.aclose()
+
+
+async def test_a_removal_or_a_deletion_through_one_instance_takes_effect_on_every_instance(instances):
+    a, b = instances
+    owner, member = uuid4(), uuid4()
+    project = await new_project(a.url, make_token(owner), member)
+    room = f"project:{project}"
+    owner_at_a = await subscribed(a.url, make_token(owner), room)
+    member_at_a = await subscribed(a.url, make_token(member), room)
+    member_at_b = await subscribed(b.url, make_token(member), room)
+    try:
+        async with httpx.AsyncClient(base_url=b.url, headers={"Authorization": f"Bearer {make_token(owner)}"}) as http:
+            removed = await http.delete(f"/api/v1/projects/{project}/members/{member}")
+            assert removed.status_code == 200 and removed.json()["event_delivered"] is True
+            for client in (member_at_a, member_at_b):
+                assert (await client.expect("project.access_revoked"))["data"]["reason"] == "member_removed"
+                assert room not in (await client.call("debug:rooms"))["rooms"]
+            changed = await http.put(f"/api/v1/projects/{project}", json={"status": "paused"})
+            assert (await owner_at_a.expect("project.updated"))["id"] == changed.json()["event_id"]
+            deleted = await http.delete(f"/api/v1/projects/{project}")
+            assert deleted.status_code == 200
+        assert (await owner_at_a.expect("project.deleted"))["id"] == deleted.json()["event_id"]
+        assert (await owner_at_a.expect("project.access_revoked"))["data"]["reason"] == "project_deleted"
+        assert room not in (await owner_at_a.call("debug:rooms"))["rooms"]
+        for client in (member_at_a, member_at_b):
+            assert client.received("project.updated") == [] and client.received("project.deleted") == []
+    finally:
+        for client in (owner_at_a, member_at_a, member_at_b):
+            await client.close()

@@ -183,6 +183,15 @@ class ClientEvents:
             if len(joined) >= self.max_rooms:
                 return error(ErrorCode.ROOM_LIMIT, f"A connection may be in at most {self.max_rooms} rooms")
             await self.sio.enter_room(conn.sid, room.name, namespace=NAMESPACE)
+            if (
+                is_member
+                and room.id is not None
+                and not await self.membership.is_member(room.id, conn.principal.user_id)
+            ):
+                # removed (or the project deleted) between the check and the join: the removal's
+                # eviction may have run before this connection was in the room
+                await self.sio.leave_room(conn.sid, room.name, namespace=NAMESPACE)
+                return error(ErrorCode.ROOM_ACCESS_DENIED, f"You are no longer a member of project {room.id}")
         return success(room=room.name, message=f"Subscribed to {room.name}")
 
     @_guarded

@@ -21,6 +21,7 @@ PROTOCOL_VERSION = "1.0"
 class EventType(StrEnum):
     PROJECT_UPDATED = "project.updated"
     PROJECT_DELETED = "project.deleted"
+    PROJECT_ACCESS_REVOKED = "project.access_revoked"
     AGENT_STATUS_CHANGED = "agent.status_changed"
     AGENT_CONNECTED = "agent.connected"
     AGENT_DISCONNECTED = "agent.disconnected"
@@ -120,6 +121,18 @@ class ProjectDeletedData(Payload):
     project_id: UUID
     project_name: Name | None = None
     deleted_by: UUID
+
+
+class ProjectAccessRevokedData(Payload):
+    """Sent to each connection the server takes out of ``room``: its user was removed from the
+    project (``member_removed``), or the project was deleted (``project_deleted``). No event of
+    the project follows; subscribing again is refused while the user is not a member."""
+
+    project_id: UUID
+    room: Name
+    reason: Literal["member_removed", "project_deleted"]
+    user_id: UUID | None = None  # the member removed (member_removed)
+    by: UUID  # who removed them, or deleted the project
 
 
 # --- agent ---------------------------------------------------------------------------------
@@ -227,6 +240,10 @@ class IssueData(Payload):
     priority: IssuePriority = "medium"
     assigned_to: UUID | None = None
     created_by: UUID | None = None
+    #: Where the issue lives, when it comes from GitHub (its number, page and author's login).
+    issue_number: int | None = Field(default=None, ge=1)
+    github_url: Url | None = None
+    author: Name | None = None
 
 
 class IssueUpdatedData(IssueData):
@@ -286,6 +303,7 @@ class ConnectionEstablishedData(Payload):
 PAYLOADS: dict[EventType, type[Payload]] = {
     EventType.PROJECT_UPDATED: ProjectUpdatedData,
     EventType.PROJECT_DELETED: ProjectDeletedData,
+    EventType.PROJECT_ACCESS_REVOKED: ProjectAccessRevokedData,
     EventType.AGENT_STATUS_CHANGED: AgentStatusChangedData,
     EventType.AGENT_CONNECTED: AgentConnectedData,
     EventType.AGENT_DISCONNECTED: AgentDisconnectedData,

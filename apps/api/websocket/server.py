@@ -27,7 +27,7 @@ from apps.api.config import Settings
 from apps.api.events.emitter import DeliveryError
 from apps.api.websocket.models import Event
 from apps.api.websocket.protocol import NAMESPACE, SOCKETIO_PATH
-from apps.transport import LocalManager, PublishError, RedisManager, SocketIOMiddleware, SocketServer
+from apps.transport import LocalManager, PublishError, RedisManager, SocketIOMiddleware, SocketServer, event_packet
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +132,26 @@ class SocketIOEmitter:
             await self._emit_json(event.type.value, event.wire_json(), NAMESPACE, rooms)
         except PublishError as exc:
             raise DeliveryError(str(exc)) from None
+
+    async def evict(self, notice: Event, *, room: str, only_in: str | None = None) -> None:
+        manager = self._sio.manager
+        if not isinstance(manager, LocalManager | RedisManager):
+            await self._evict_here(notice, room=room, only_in=only_in)
+            return
+        try:
+            await manager.evict(
+                NAMESPACE, room, only_in=only_in, notice=event_packet(NAMESPACE, notice.type.value, notice.wire_json())
+            )
+        except PublishError as exc:
+            raise DeliveryError(str(exc)) from None
+
+    async def _evict_here(self, notice: Event, *, room: str, only_in: str | None) -> None:
+        """Stock python-socketio: this instance's connections only (its managers have no such message)."""
+        rooms = self._sio.manager.rooms.get(NAMESPACE, {})
+        sids = [sid for sid in rooms.get(room, {}) if only_in is None or sid in rooms.get(only_in, {})]
+        for sid in sids:
+            await self._sio.emit(notice.type.value, notice.wire(), to=sid, namespace=NAMESPACE)
+            await self._sio.leave_room(sid, room, namespace=NAMESPACE)
 
 
 _ALIAS_PREFIX = f"{NAMESPACE}/{SOCKETIO_PATH}"

@@ -1,0 +1,1 @@
+"""GitHub integration: what a webhook delivery means for the service (:mod:`apps.api.github.events`)."""
