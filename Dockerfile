@@ -4,6 +4,8 @@
 #   docker run -p 8000:8000 -e JWT_SECRET_KEY="$JWT_SECRET_KEY" swe-api
 #
 # Every setting is an environment variable (apps/api/config.py, README.md "Configuration").
+# Without DATABASE_URL, projects are in a SQLite file in /app/data (mount a volume there to keep
+# them: -v events-data:/app/data); with several containers, set DATABASE_URL to a PostgreSQL.
 # docker-compose.yml, websocket-deployment.yaml and deploy/README.md show how to run it with Redis.
 FROM python:3.11-slim
 
@@ -24,8 +26,8 @@ RUN pip install -r requirements.txt
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin app \
-    && mkdir -p /app/logs \
-    && chown 10001:10001 /app/logs
+    && mkdir -p /app/logs /app/data \
+    && chown 10001:10001 /app/logs /app/data
 
 COPY apps/ ./apps/
 

@@ -11,11 +11,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from apps.api.backends import backend_for
 from apps.api.body_limit import BodyLimit
 from apps.api.config import Settings, get_settings
-from apps.api.db.engine import create_engine, database_url
+from apps.api.db.engine import create_engine, database_url, reachable
 from apps.api.db.migrate import upgrade
 from apps.api.errors import install_error_handlers
 from apps.api.events.broadcaster import get_broadcaster
@@ -31,6 +33,29 @@ from apps.api.websocket.events import ClientEvents
 from apps.transport import redacted
 
 logger = logging.getLogger(__name__)
+
+
+async def _prepare_database(settings: Settings, engine: AsyncEngine, handled: HandledRequests) -> None:
+    """Migrate (unless DATABASE_MIGRATE_ON_START=false), then forget old handled requests. A
+    database that cannot be migrated stops the start, saying why; without migrations the instance
+    starts anyway and reports the database in /ready."""
+    shown = database_url(settings.database_url).render_as_string(hide_password=True)
+    if settings.database_migrate_on_start:
+        try:
+            await upgrade(engine)  # instances starting together take turns (apps/api/db/migrate.py)
+        except (SQLAlchemyError, OSError) as exc:
+            logger.error("database %s could not be migrated (%s: %s): not starting", shown, type(exc).__name__, exc)
+            raise
+        logger.info("database %s: schema up to date", shown)
+    else:
+        logger.info("database %s (DATABASE_MIGRATE_ON_START=false: not migrating)", shown)
+    try:
+        forgotten = await handled.forget_older_than()
+    except (SQLAlchemyError, OSError) as exc:
+        logger.warning("database %s unreachable at start-up (%s): /ready says so", shown, type(exc).__name__)
+        return
+    if forgotten:
+        logger.info("forgot %d handled webhook deliveries and publish keys older than 30 days", forgotten)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -63,15 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        shown = database_url(settings.database_url).render_as_string(hide_password=True)
-        if settings.database_migrate_on_start:
-            await upgrade(engine)  # instances starting together take turns (apps/api/db/migrate.py)
-            logger.info("database %s: schema up to date", shown)
-        else:
-            logger.info("database %s (DATABASE_MIGRATE_ON_START=false: not migrating)", shown)
-        forgotten = await handled.forget_older_than()
-        if forgotten:
-            logger.info("forgot %d handled webhook deliveries and publish keys older than 30 days", forgotten)
+        await _prepare_database(settings, engine, handled)
         server.start(sio)
         if backend.redis is not None:
             logger.info("websocket sharing events through Redis at %s", redacted(backend.redis.url))
@@ -82,12 +99,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         else:
             logger.info("websocket running as a single instance (REDIS_URL is not set)")
-        get_broadcaster().attach(server.SocketIOEmitter(sio), workflow_routes=workflow_routes)
+        emitter = server.SocketIOEmitter(sio)
+        previous = get_broadcaster().swap(emitter, workflow_routes)
         tune_garbage_collector()
         try:
             yield
         finally:
-            get_broadcaster().attach(None)
+            get_broadcaster().restore(emitter, previous)
             await server.stop(sio)
             await backend.aclose()
             await engine.dispose()
@@ -97,7 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.state.verifier = verifier
     api.state.projects = store
     api.state.handled = handled
-    api.state.engine = engine
+    api.state.database_reachable = lambda: reachable(engine)
     api.state.connections = connections
     api.state.sio = sio
     api.state.backend = backend

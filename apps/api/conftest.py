@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from uuid import UUID, uuid4
@@ -12,7 +13,18 @@ import pytest
 from apps.api.app import create_app
 from apps.api.tests.postgres_support import prepared_postgres
 from apps.api.tests.redis_support import DEFAULT_REDIS_URL, HOW_TO_PROVIDE, own_redis, reachable
-from apps.api.tests.support import RunningServer, WsClient, make_token, serve_in_process, test_settings
+from apps.api.tests.support import (
+    RunningServer,
+    WsClient,
+    make_token,
+    serve_in_process,
+    sqlite_url,
+    test_settings,
+)
+
+# What a test starts without naming a database (a process of the service, a script) gets a SQLite
+# file in the tests' temporary folder, never ./data/events.db in the checkout.
+os.environ.setdefault("DATABASE_URL", sqlite_url())
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,13 @@ lock the rows they read (``SELECT ... FOR UPDATE``).
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 #: Seconds a SQLite writer waits for another's lock before failing.
@@ -65,3 +67,17 @@ def _sqlite_connected(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_begin(connection: Connection) -> None:
     write = connection.get_execution_options().get("sqlite_write", False)
     connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+async def reachable(engine: AsyncEngine, timeout: float = 2.0) -> bool:
+    """Whether the database answers a trivial query within ``timeout`` seconds."""
+
+    async def ping() -> None:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    try:
+        await asyncio.wait_for(ping(), timeout)
+    except (SQLAlchemyError, OSError, TimeoutError):
+        return False
+    return True

@@ -7,6 +7,8 @@ missing; the others then find the schema at head and do nothing.
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -28,6 +30,17 @@ _PG_LOCK_KEY = 0x6576656E7473  # "events"
 T = TypeVar("T")
 
 
+_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _in_process_lock() -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    lock = _locks.get(loop)
+    if lock is None:
+        lock = _locks[loop] = asyncio.Lock()
+    return lock
+
+
 def alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -46,9 +59,10 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
 
 
 async def locked(engine: AsyncEngine, work: Callable[[Connection], None]) -> None:
-    """Run ``work`` on a connection in one transaction that no other process's ``locked`` runs
-    beside (PostgreSQL: an advisory lock; SQLite: the write lock)."""
-    async with writer(engine).begin() as connection:
+    """Run ``work`` on a connection in one transaction that no other ``locked`` runs beside:
+    in other processes (PostgreSQL: an advisory lock; SQLite: the write lock), nor in this one
+    (Alembic keeps a migration's context in module globals)."""
+    async with _in_process_lock(), writer(engine).begin() as connection:
         if engine.dialect.name == "postgresql":
             await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
         await connection.run_sync(work)

@@ -107,6 +107,19 @@ class Broadcaster:
         self._emitter = emitter
         self._workflows = workflow_routes or WorkflowRoutes()
 
+    def swap(self, emitter: Emitter, workflow_routes: WorkflowDirectory | None = None) -> tuple[Any, Any]:
+        """Send through ``emitter`` (an app, at its start-up); returns what it replaced, for
+        :meth:`restore`."""
+        previous = (self._emitter, self._workflows)
+        self.attach(emitter, workflow_routes)
+        return previous
+
+    def restore(self, emitter: Emitter, previous: tuple[Any, Any]) -> None:
+        """Undo :meth:`swap` (an app, at its shutdown), if ``emitter`` is still the one in use: two
+        apps in one process (tests, an app mounted in another) each get theirs back."""
+        if self._emitter is emitter:
+            self._emitter, self._workflows = previous
+
     @property
     def attached(self) -> bool:
         return self._emitter is not None
@@ -139,11 +152,15 @@ class Broadcaster:
         validated, routed and sent as the typed ``broadcast_*`` method for that type would."""
         if event_type not in PUBLISHABLE:
             raise ValueError(f"{event_type.value} events are sent by the server only")
-        return await self._send(event_type, {**data, "source": source})
+        return await self._validated_send(event_type, data, source)
 
     async def _send(self, event_type: EventType, arguments: Mapping[str, Any]) -> Event:
+        """A typed method's call: its arguments (``locals()``), None meaning "not given"."""
         fields = {k: v for k, v in arguments.items() if k not in ("self", "source") and v is not None}
-        source = arguments.get("source") or DEFAULT_SOURCES[event_type.value.split(".")[0]]
+        return await self._validated_send(event_type, fields, arguments.get("source"))
+
+    async def _validated_send(self, event_type: EventType, fields: Mapping[str, Any], source: str | None) -> Event:
+        source = source or DEFAULT_SOURCES[event_type.value.split(".")[0]]
         try:
             data = PAYLOADS[event_type].model_validate(fields)
             event = Event.of(event_type, source, data)

@@ -10,18 +10,41 @@ publish's event id), across instances and restarts.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request, status
+from fastapi import APIRouter, Header, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from apps.api.deps import AuthenticatedRoute, CurrentUser, HandledRequestsDep
+from apps.api.deps import AuthenticatedRoute, CurrentUser, HandledRequestsDep, authenticate
 from apps.api.errors import ApiError
 from apps.api.events.broadcaster import PUBLISHABLE, DeliveryError, EventValidationError, get_broadcaster
 from apps.api.websocket.auth import Principal
 from apps.api.websocket.models import EventType
 
-router = APIRouter(prefix="/api/v1/events", tags=["events"], route_class=AuthenticatedRoute)
+
+def _require_service(user: Principal, request: Request) -> None:
+    role = request.app.state.settings.jwt_service_role
+    if not user.is_admin and role not in user.roles:
+        raise ApiError(403, f"Publishing needs a token with the {role!r} role", code="SERVICE_ROLE_REQUIRED")
+
+
+class ServiceRoute(AuthenticatedRoute):
+    """A route for publishers: 401 without a token, then 403 without the service (or admin) role,
+    both before FastAPI reads the body (so a plain user is 403 whatever the body)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def service_only(request: Request) -> Response:
+            _require_service(authenticate(request), request)
+            return await handler(request)
+
+        return service_only
+
+
+router = APIRouter(prefix="/api/v1/events", tags=["events"], route_class=ServiceRoute)
 
 _TYPES = sorted(t.value for t in PUBLISHABLE)
 
@@ -39,12 +62,6 @@ class Published(BaseModel):
     replayed: bool = Field(default=False, description="true: an earlier publish with this Idempotency-Key")
 
 
-def _require_service(user: Principal, request: Request) -> None:
-    role = request.app.state.settings.jwt_service_role
-    if not user.is_admin and role not in user.roles:
-        raise ApiError(403, f"Publishing needs a token with the {role!r} role", code="SERVICE_ROLE_REQUIRED")
-
-
 @router.post("", response_model=Published, status_code=status.HTTP_202_ACCEPTED)
 async def publish_event(
     body: PublishRequest,
@@ -54,7 +71,7 @@ async def publish_event(
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> Published:
     """Validates and broadcasts one event; 202 with its id, 422 naming what is wrong."""
-    _require_service(user, request)
+    _require_service(user, request)  # ServiceRoute has checked already; kept for direct callers
     try:
         event_type = EventType(body.type)
         if event_type not in PUBLISHABLE:
@@ -65,7 +82,9 @@ async def publish_event(
         ) from None
     if idempotency_key is None:
         return await _publish(event_type, body)
-    async with handled.once(f"publish:{user.user_id}", idempotency_key, await request.body()) as claim:
+    # the request as parsed (not its bytes): a retry that serialises the same JSON differently is the same
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
+    async with handled.once(f"publish:{user.user_id}", idempotency_key, canonical) as claim:
         if claim.previous is not None:
             if not claim.same_request:
                 raise ApiError(

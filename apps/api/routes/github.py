@@ -74,19 +74,26 @@ async def github_webhook(request: Request, store: ProjectStoreDep, handled: Hand
     if not delivery or len(delivery) > 255:
         raise ApiError(400, "X-GitHub-Delivery is missing or too long", code="DELIVERY_ID_MISSING")
     broadcast = getattr(get_broadcaster(), mapped.method)
-    async with handled.once("github", delivery, body) as claim:
-        if claim.previous is not None:
-            return {"status": "duplicate", "delivery": delivery, **claim.previous}
-        events = []
-        for project in projects:
-            try:
-                event = await broadcast(project_id=project.id, **mapped.fields)
-            except EventValidationError as exc:
-                logger.warning("github delivery %s not published: %s", delivery, exc)
-                return _ignored(f"The delivery does not fit the {mapped.event_type.value} event: {exc}")
-            except DeliveryError as exc:  # nothing recorded: a redelivery publishes
-                raise ApiError(503, f"The event could not be delivered: {exc}", headers={"Retry-After": "5"}) from None
-            events.append({"event_id": event.id, "type": event.type.value, "project_id": str(project.id)})
-        claim.result = {"events": events}
+    try:
+        async with handled.once("github", delivery, body) as claim:
+            if claim.previous is not None:
+                if not claim.same_request:
+                    raise ApiError(
+                        422, "This X-GitHub-Delivery was handled with a different body", code="DELIVERY_ID_REUSED"
+                    )
+                return {"status": "duplicate", "delivery": delivery, **claim.previous}
+            events = []
+            for project in projects:
+                try:
+                    event = await broadcast(project_id=project.id, **mapped.fields)
+                except DeliveryError as exc:  # nothing recorded: a redelivery publishes
+                    raise ApiError(
+                        503, f"The event could not be delivered: {exc}", headers={"Retry-After": "5"}
+                    ) from None
+                events.append({"event_id": event.id, "type": event.type.value, "project_id": str(project.id)})
+            claim.result = {"events": events}
+    except EventValidationError as exc:  # nothing sent, nothing recorded: a redelivery is answered the same
+        logger.warning("github delivery %s not published: %s", delivery, exc)
+        return _ignored(f"The delivery does not fit the {mapped.event_type.value} event: {exc}")
     logger.info("github delivery %s (%s %s): %d event(s)", delivery, kind, payload.get("action"), len(events))
     return {"status": "published", "delivery": delivery, "events": events}

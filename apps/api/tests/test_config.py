@@ -9,7 +9,7 @@ from apps.api.config import Settings
 
 
 def settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
-    for name in ("JWT_SECRET_KEY", "ENVIRONMENT", "CORS_ORIGINS", "REDIS_URL", "LOG_FILE", "WORKERS"):
+    for name in ("JWT_SECRET_KEY", "ENVIRONMENT", "CORS_ORIGINS", "REDIS_URL", "LOG_FILE", "WORKERS", "DATABASE_URL"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -368,10 +368,10 @@ def test_compose_api_builds_the_image_and_waits_for_redis():
     assert "command" not in api and "entrypoint" not in api  # it runs the image's CMD
 
 
-def test_plain_compose_up_starts_redis_and_api_only():
+def test_plain_compose_up_starts_redis_postgres_and_api_only():
     spec = compose()
     default = {name for name, svc in spec["services"].items() if not svc.get("profiles")}
-    assert default == {"redis", "api"}
+    assert default == {"redis", "postgres", "api"}
     for name in default:
         assert set(spec["services"][name].get("depends_on", {})) <= default
     published = [p.split(":")[0] for svc in spec["services"].values() for p in svc.get("ports", [])]
@@ -389,6 +389,20 @@ def test_compose_settings_are_real_settings_and_reach_the_redis_service(name: st
     assert url.scheme == "redis" and url.hostname in spec["services"] and url.port == 6379
     assert spec["services"][url.hostname]["image"].startswith("redis:")
     assert service["depends_on"][url.hostname]["condition"] == "service_healthy"
+    # every instance shares one PostgreSQL, which keeps its data in a volume
+    database = urlsplit(env["DATABASE_URL"])
+    assert database.scheme == "postgresql+asyncpg" and database.hostname in spec["services"]
+    postgres = spec["services"][database.hostname]
+    assert postgres["image"].startswith("postgres:") and service["depends_on"][database.hostname]["condition"] == (
+        "service_healthy"
+    )
+    assert postgres["volumes"][0].split(":")[0] in spec["volumes"] and "ports" not in postgres
+    pg_env = {k: interpolate(str(v), {}) for k, v in postgres["environment"].items()}
+    assert (database.username, database.password, database.path) == (
+        pg_env["POSTGRES_USER"],
+        pg_env["POSTGRES_PASSWORD"],
+        "/" + pg_env["POSTGRES_DB"],
+    )
     assert "build" in service or any("build" in spec["services"][dep] for dep in service["depends_on"])
 
     # The values as `docker-compose up` gives them, with no setup: they validate and run in development.
@@ -474,6 +488,12 @@ def test_k8s_manifest_is_in_the_current_namespace_and_holds_no_secret():
     assert (ref["name"], ref["key"]) == ("swe-api-secrets", "jwt-secret-key")
     header = K8S_FILE.read_text().split("\n---", 1)[0]
     assert f"kubectl create secret generic {ref['name']} --from-literal={ref['key']}=" in header
+    # the database URL holds a password: from the same Secret, documented beside it
+    (database_env,) = [e for e in api_container()["env"] if e["name"] == "DATABASE_URL"]
+    ref = database_env["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == ("swe-api-secrets", "database-url")
+    assert '--from-literal=database-url="postgresql+asyncpg://' in header
+    assert "DATABASE_URL" not in config_map()
     assert "openssl rand -hex 32" in header  # 32 random bytes: long enough for production
 
 
