@@ -111,7 +111,13 @@ run(async () => {
     "the hook's socket to emit subscribe",
   );
   const hookSocket = subscribe.socket;
-  const hookRooms = (await debugRooms(hookSocket)).rooms;
+  // The hook does not wait for its subscribe's ack. The service's transport handles a connection's
+  // events in order, so the first debug:rooms already sees the room; plain python-socketio
+  // (WEBSOCKET_TRANSPORT=stock) may answer it first, so ask again, 50 round trips at most.
+  let hookRooms: string[] = [];
+  for (let attempt = 0; attempt < 50 && !hookRooms.includes(room); attempt++) {
+    hookRooms = (await debugRooms(hookSocket)).rooms;
+  }
   report({
     ready: {
       hook_subscribe: subscribe.args,
