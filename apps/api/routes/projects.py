@@ -135,6 +135,18 @@ def require_member(project: Project, user: Principal) -> None:
         raise ApiError(403, f"You are not a member of project {project.id}", code="PROJECT_ACCESS_DENIED")
 
 
+def require_repository_admin(user: Principal) -> None:
+    """403 unless ``user`` is an admin: linking a project to a repository routes that repository's
+    webhook deliveries (pull requests, issues) to the project's members, and nothing proves that an
+    ordinary user may read that repository."""
+    if not user.is_admin:
+        raise ApiError(
+            403,
+            "Only an admin may link a project to a repository (repository_url)",
+            code="REPOSITORY_LINK_REQUIRES_ADMIN",
+        )
+
+
 def require_owner(project: Project, user: Principal) -> None:
     """403 unless ``user`` owns ``project`` (or is an admin)."""
     if not user.is_admin and project.owner_id != user.user_id:
@@ -163,6 +175,9 @@ async def list_projects(
 
 @router.post("", response_model=ProjectPublic, status_code=status.HTTP_201_CREATED)
 async def create_project(body: ProjectCreate, user: CurrentUser, store: ProjectStoreDep) -> ProjectPublic:
+    """Creates a project owned by the caller; only an admin may give it a ``repository_url``."""
+    if body.repository_url is not None:
+        require_repository_admin(user)
     project = await store.create(owner_id=user.user_id, **body.model_dump())
     return ProjectPublic.of(project)
 
@@ -176,14 +191,16 @@ async def get_project(project_id: UUID, user: CurrentUser, store: ProjectStoreDe
 async def update_project(
     project_id: UUID, body: ProjectUpdate, user: CurrentUser, store: ProjectStoreDep
 ) -> ProjectUpdated:
-    """Stores the given fields (members and admins) and broadcasts ``project.updated`` with what
-    really changed."""
+    """Stores the given fields (members and admins; ``repository_url`` admins only, unless it is
+    sent unchanged) and broadcasts ``project.updated`` with what really changed."""
     requested: dict[str, Any] = body.model_dump(exclude_unset=True)
     if any(requested.get(k) is None for k in ("name", "status") if k in requested):
         raise ApiError(422, "name and status cannot be null", code="VALIDATION_ERROR")
     event_id, delivered = None, True
     async with store.editing(project_id) as edit:
         require_member(edit.project, user)
+        if requested.get("repository_url") not in (None, edit.project.repository_url):
+            require_repository_admin(user)
         changed = await edit.update(requested)
         await edit.commit()
         project = edit.project

@@ -277,14 +277,29 @@ class WsClient:
             await self.sio.disconnect()
 
 
-async def create_project(http: httpx.AsyncClient, token: str, name: str = "AI Agent Framework") -> str:
-    response = await http.post(
-        "/api/v1/projects",
-        json={"name": name, "repository_url": "https://github.com/user/ai-agent-framework"},
-        headers={"Authorization": f"Bearer {token}"},
-    )
+async def create_project(
+    http: httpx.AsyncClient, token: str, name: str = "AI Agent Framework", repository_url: str | None = None
+) -> str:
+    """A project owned by ``token``'s user; linked to ``repository_url`` by an admin when given."""
+    response = await http.post("/api/v1/projects", json={"name": name}, headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 201, response.text
-    return response.json()["id"]
+    project_id: str = response.json()["id"]
+    if repository_url is not None:
+        await link_repository(http, project_id, repository_url)
+    return project_id
+
+
+async def link_repository(http: httpx.AsyncClient, project_id: str, repository_url: str | None) -> dict[str, Any]:
+    """Link (or unlink) a project's repository as an admin, the only role that may."""
+    response = await http.put(
+        f"/api/v1/projects/{project_id}",
+        json={"repository_url": repository_url},
+        headers={"Authorization": f"Bearer {make_token(roles=['admin'])}"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["project"]["repository_url"] == repository_url
+    body: dict[str, Any] = response.json()
+    return body
 
 
 async def marker(*clients: WsClient) -> None:

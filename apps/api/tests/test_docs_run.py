@@ -181,12 +181,9 @@ async def test_the_github_webhook_recipe():
     owner = uuid4()
     app = create_app(service_settings(github_webhook_secret=secret))
     async with serve_in_process(app) as server, httpx.AsyncClient(base_url=server.url, timeout=10) as http:
-        response = await http.post(
-            "/api/v1/projects",
-            json={"name": "Hello", "repository_url": "https://github.com/Octo-Org/Hello-World.git"},
-            headers=bearer(make_token(owner)),
+        project = await create_project(
+            http, make_token(owner), name="Hello", repository_url="https://github.com/Octo-Org/Hello-World.git"
         )
-        project = response.json()["id"]
         watcher = await WsClient(server.url).connect(make_token(owner))
         try:
             assert (await watcher.call("subscribe", {"room": f"project:{project}"}))["status"] == "success"

@@ -26,6 +26,8 @@ from apps.api.github.events import Ignored, map_delivery, normalize_repository
 from apps.api.tests.support import (
     RunningServer,
     WsClient,
+    create_project,
+    link_repository,
     make_token,
     marker,
     serve_in_process,
@@ -133,12 +135,9 @@ def bearer(token: str) -> dict[str, str]:
 
 
 async def new_project(http: httpx.AsyncClient, token: str, repository_url: str, name: str = "GitHub project") -> str:
-    response = await http.post(
-        "/api/v1/projects", json={"name": name, "repository_url": repository_url}, headers=bearer(token)
-    )
-    assert response.status_code == 201, response.text
-    assert response.json()["repository_url"] == repository_url
-    return str(response.json()["id"])
+    """A project owned by ``token``'s user, linked to ``repository_url`` by an admin (the only role
+    that may link one)."""
+    return await create_project(http, token, name=name, repository_url=repository_url)
 
 
 class OrderedClient(WsClient):
@@ -622,12 +621,7 @@ async def test_every_project_of_the_repository_gets_the_event(gh, subscribe):
     await assert_nothing_more(first_client, second_client, third_client)
 
     # the second project moves to another repository: the shared one's deliveries reach the first only
-    moved = await gh.put(
-        f"/api/v1/projects/{second}",
-        json={"repository_url": f"https://github.com/{owner}/other"},
-        headers=bearer(second_owner),
-    )
-    assert moved.status_code == 200, moved.text
+    await link_repository(gh, second, f"https://github.com/{owner}/other")
     await second_client.expect("project.updated")
     edited = in_repository(example("pull_request", "closed"), owner, "shared")
     response = await deliver(gh, "pull_request", edited)

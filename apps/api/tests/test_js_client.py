@@ -211,7 +211,7 @@ def bearer(token: str) -> dict[str, str]:
 async def create_project(http: httpx.AsyncClient, owner_token: str, *members: UUID) -> str:
     response = await http.post(
         "/api/v1/projects",
-        json={"name": "AI Agent Framework", "repository_url": "https://github.com/user/ai-agent-framework"},
+        json={"name": "AI Agent Framework"},
         headers=bearer(owner_token),
     )
     assert response.status_code == 201, response.text

@@ -33,10 +33,11 @@ async def test_put_stores_and_broadcasts_what_changed(http, connect, token, user
     project = (await http.post("/api/v1/projects", json={"name": "Beta"}, headers=bearer(token))).json()
     client = await connect(token)
     await client.call("subscribe", {"room": f"project:{project['id']}"})
+    admin_id = uuid4()
     response = await http.put(
         f"/api/v1/projects/{project['id']}",
         json={"status": "archived", "name": "Beta", "repository_url": "https://github.com/u/beta"},
-        headers=bearer(token),
+        headers=bearer(make_token(admin_id, roles=["admin"])),
     )
     assert response.status_code == 200, response.text
     body = response.json()
@@ -49,9 +50,44 @@ async def test_put_stores_and_broadcasts_what_changed(http, connect, token, user
     assert event["data"]["changes"]["status"] == "archived"
     assert event["data"]["status"] == "archived"
     assert event["data"]["repository_url"] == "https://github.com/u/beta"
-    assert event["data"]["updated_by"] == str(user_id)
+    assert event["data"]["updated_by"] == str(admin_id)
     stored = await http.get(f"/api/v1/projects/{project['id']}", headers=bearer(token))
     assert stored.json()["status"] == "archived"
+
+
+async def test_only_an_admin_links_a_project_to_a_repository(http, connect, token):
+    """A repository_url routes that repository's webhook deliveries to the project's members, so an
+    ordinary user (even the owner) cannot set or change it; sending it unchanged, or unlinking, is
+    allowed."""
+    url = "https://github.com/acme/private-repo"
+    refused = await http.post("/api/v1/projects", json={"name": "Spy", "repository_url": url}, headers=bearer(token))
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "REPOSITORY_LINK_REQUIRES_ADMIN"
+    mine = await http.get("/api/v1/projects", headers=bearer(token))
+    assert mine.json()["items"] == [], "a refused create stored nothing"
+
+    project = (await http.post("/api/v1/projects", json={"name": "Gamma"}, headers=bearer(token))).json()
+    client = await connect(token)
+    await client.call("subscribe", {"room": f"project:{project['id']}"})
+    link = await http.put(f"/api/v1/projects/{project['id']}", json={"repository_url": url}, headers=bearer(token))
+    assert (link.status_code, link.json()["error"]["code"]) == (403, "REPOSITORY_LINK_REQUIRES_ADMIN")
+    assert (await http.get(f"/api/v1/projects/{project['id']}", headers=bearer(token))).json()["repository_url"] is None
+
+    admin = bearer(make_token(roles=["admin"]))
+    linked = await http.put(f"/api/v1/projects/{project['id']}", json={"repository_url": url}, headers=admin)
+    assert linked.status_code == 200 and linked.json()["changed_fields"] == ["repository_url"]
+    assert (await client.expect("project.updated"))["id"] == linked.json()["event_id"]
+    # a frontend that sends the whole project back, repository_url unchanged, may still rename it
+    same = await http.put(
+        f"/api/v1/projects/{project['id']}", json={"name": "Gamma 2", "repository_url": url}, headers=bearer(token)
+    )
+    assert same.status_code == 200 and same.json()["changed_fields"] == ["name"]
+    moved = await http.put(
+        f"/api/v1/projects/{project['id']}", json={"repository_url": url + "-fork"}, headers=bearer(token)
+    )
+    assert moved.status_code == 403
+    unlinked = await http.put(f"/api/v1/projects/{project['id']}", json={"repository_url": None}, headers=bearer(token))
+    assert unlinked.status_code == 200 and unlinked.json()["project"]["repository_url"] is None
 
 
 async def test_put_without_changes_publishes_nothing(http, token):
