@@ -72,17 +72,22 @@ async def _not_found(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("NOT_FOUND", str(exc)), status_code=404)
 
 
+async def _busy(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(error_body("PROJECT_BUSY", str(exc)), status_code=503, headers={"Retry-After": "1"})
+
+
 async def _bad_cursor(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("VALIDATION_ERROR", str(exc)), status_code=422)
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    from apps.api.stores.projects import InvalidCursor, ProjectNotFound
+    from apps.api.stores.projects import InvalidCursor, ProjectBusy, ProjectNotFound
 
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ProjectNotFound, _not_found)
     app.add_exception_handler(InvalidCursor, _bad_cursor)
+    app.add_exception_handler(ProjectBusy, _busy)
     # the database or Redis is unreachable (or its pool exhausted): 503, try again
     for unavailable in (RedisError, OperationalError, InterfaceError, PoolTimeout, ConnectionError):
         app.add_exception_handler(unavailable, _storage_unavailable)

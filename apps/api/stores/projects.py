@@ -61,6 +61,16 @@ class ProjectNotFound(LookupError):
         self.project_id = project_id
 
 
+class ProjectBusy(RuntimeError):
+    """Another change of the project held its lock longer than a writer may wait (the request is
+    answered 503 with ``Retry-After``)."""
+
+    def __init__(self, project_id: UUID, waited: float) -> None:
+        super().__init__(f"Project {project_id} is being changed by another request; try again shortly")
+        self.project_id = project_id
+        self.waited = waited
+
+
 class InvalidCursor(ValueError):
     pass
 

@@ -12,6 +12,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from sqlalchemy import Row, delete, func, insert, select, text, tuple_, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from apps.api.db.engine import writer
@@ -22,10 +23,16 @@ from apps.api.stores.projects import (
     Member,
     Page,
     Project,
+    ProjectBusy,
     ProjectNotFound,
     decode_cursor,
     encode_cursor,
 )
+
+#: Seconds a change waits for another change of the same project before it is refused (503).
+LOCK_WAIT_SECONDS = 10.0
+#: PostgreSQL's SQLSTATE for a lock not obtained within ``lock_timeout``.
+LOCK_NOT_AVAILABLE = "55P03"
 
 
 def _utc(value: datetime) -> datetime:
@@ -65,10 +72,10 @@ async def _with_members(connection: AsyncConnection, rows: list[Row[Any]]) -> li
 
 
 class SqlProjectStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, lock_wait_seconds: float = LOCK_WAIT_SECONDS) -> None:
         self._engine = engine
         self._writer = writer(engine)
-        self._locks = ProjectLocks(engine)
+        self._locks = ProjectLocks(engine, lock_wait_seconds)
 
     async def create(
         self,
@@ -151,7 +158,13 @@ class SqlProjectStore:
 
     @asynccontextmanager
     async def editing(self, project_id: UUID) -> AsyncIterator[SqlProjectEdit]:
-        async with self._writer.connect() as connection, self._locks.hold(connection, project_id):
+        # the process's own lock first, then a connection: writers queued behind one slow change
+        # of a project wait without holding a pooled connection each
+        async with (
+            self._locks.local(project_id),
+            self._writer.connect() as connection,
+            self._locks.shared(connection, project_id),
+        ):
             transaction = await connection.begin()
             try:
                 locked = select(projects).where(projects.c.id == project_id).with_for_update()
@@ -244,30 +257,49 @@ class SqlProjectEdit:
 
 class ProjectLocks:
     """One writer at a time per project, held from before its transaction until its events are
-    published: PostgreSQL's session advisory locks (every instance), or, on SQLite, a lock per
-    project in this process (SQLite serves one process; see Settings)."""
+    published. In this process, an asyncio lock per project, taken before a connection is checked
+    out of the pool; across processes (PostgreSQL), a session advisory lock on that connection
+    (SQLite serves one process; see Settings). Neither waits longer than ``wait_seconds``: then
+    :class:`ProjectBusy`, so a stuck writer cannot pile up requests without bound."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, wait_seconds: float = LOCK_WAIT_SECONDS) -> None:
         self._postgres = engine.dialect.name == "postgresql"
+        self._wait = wait_seconds
         self._local: weakref.WeakValueDictionary[UUID, asyncio.Lock] = weakref.WeakValueDictionary()
 
     @asynccontextmanager
-    async def hold(self, connection: AsyncConnection, project_id: UUID) -> AsyncIterator[None]:
-        if self._postgres:
-            key = int.from_bytes(project_id.bytes[:8], "big", signed=True)
-            await connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
-            await connection.commit()  # the lock outlives the transaction that took it
-            try:
-                yield
-            finally:
-                await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-                await connection.commit()
-            return
+    async def local(self, project_id: UUID) -> AsyncIterator[None]:
         lock = self._local.get(project_id)
         if lock is None:
             lock = self._local[project_id] = asyncio.Lock()
-        async with lock:
+        try:
+            await asyncio.wait_for(lock.acquire(), self._wait)
+        except TimeoutError:
+            raise ProjectBusy(project_id, self._wait) from None
+        try:
             yield
+        finally:
+            lock.release()
+
+    @asynccontextmanager
+    async def shared(self, connection: AsyncConnection, project_id: UUID) -> AsyncIterator[None]:
+        if not self._postgres:
+            yield
+            return
+        key = int.from_bytes(project_id.bytes[:8], "big", signed=True)
+        async with connection.begin():  # the lock outlives this transaction; lock_timeout does not
+            await connection.execute(text(f"SET LOCAL lock_timeout = '{int(self._wait * 1000)}ms'"))
+            try:
+                await connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            except DBAPIError as exc:
+                if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+                    raise
+                raise ProjectBusy(project_id, self._wait) from None
+        try:
+            yield
+        finally:
+            await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            await connection.commit()
 
 
 def _repository_key(url: str | None) -> str | None:

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from apps.api.db.engine import create_engine
 from apps.api.db.migrate import upgrade
 from apps.api.stores.handled import HandledRequests
-from apps.api.stores.projects import InvalidCursor, ProjectNotFound
+from apps.api.stores.projects import InvalidCursor, ProjectBusy, ProjectNotFound
 from apps.api.stores.sql_projects import SqlProjectStore
 from apps.api.tests.postgres_support import prepared_postgres
 from apps.api.tests.support import sqlite_url
@@ -195,6 +195,64 @@ async def race_a_delete(store: SqlProjectStore) -> None:
     with pytest.raises(ProjectNotFound):
         async with store.editing(project.id):
             pass
+
+
+async def test_writers_queued_behind_a_slow_change_hold_no_connection(store: SqlProjectStore, engine: AsyncEngine):
+    """While one change of a project is slow (its broadcast waits on Redis, say), more writers than
+    the pool has connections queue for that project, and the rest of the service keeps working:
+    another project can still be changed, and only the slow change holds a connection."""
+    waiting_writers = 50  # more than the pool's connections and overflow (10 + 10)
+    slow, other = await store.create(name="slow", owner_id=uuid4()), await store.create(name="o", owner_id=uuid4())
+    holding, release = asyncio.Event(), asyncio.Event()
+    added = [uuid4() for _ in range(waiting_writers)]
+
+    async def hold() -> None:
+        async with store.editing(slow.id) as edit:
+            await edit.update({"name": "held"})
+            await edit.commit()
+            holding.set()
+            await asyncio.wait_for(release.wait(), 30)
+
+    async def add(user_id) -> None:
+        async with store.editing(slow.id) as edit:
+            await edit.add_member(user_id)
+
+    holder = asyncio.create_task(hold())
+    await asyncio.wait_for(holding.wait(), 5)
+    queued = [asyncio.create_task(add(user_id)) for user_id in added]
+    try:
+        async with asyncio.timeout(10):  # the pool's own timeout is 30 s: this fails if they took it
+            async with store.editing(other.id) as edit:
+                await edit.update({"status": "unaffected"})
+            assert engine.pool.checkedout() == 1, "only the slow change holds a connection"
+    finally:
+        release.set()
+    await asyncio.wait_for(asyncio.gather(holder, *queued), 30)
+    stored = await store.get(slow.id)
+    assert stored.members == {slow.owner_id, *added} and stored.name == "held"
+    assert (await store.get(other.id)).status == "unaffected"
+
+
+async def test_a_writer_waits_a_bounded_time_for_another_instance(engine: AsyncEngine):
+    """Two stores on one database stand for two instances: a change waits for the other's lock at
+    most its wait, then gives up with ProjectBusy (503), holding nothing; it succeeds once the lock
+    is free. (On SQLite the lock is the process's own; on PostgreSQL an advisory lock.)"""
+    first = SqlProjectStore(engine, lock_wait_seconds=0.2)
+    # on SQLite (one process) the second "instance" is the same store: its lock is the process's
+    second = SqlProjectStore(engine, lock_wait_seconds=0.2) if engine.dialect.name == "postgresql" else first
+    project = await first.create(name="p", owner_id=uuid4())
+    async with first.editing(project.id) as edit:
+        await edit.update({"name": "first"})
+        await edit.commit()
+        with pytest.raises(ProjectBusy) as refused:
+            async with second.editing(project.id) as other:
+                await other.update({"name": "second"})
+        assert refused.value.project_id == project.id
+        assert (await first.get(project.id)).name == "first"
+    async with second.editing(project.id) as other:
+        await other.update({"name": "second"})
+    assert (await first.get(project.id)).name == "second"
+    assert engine.pool.checkedout() == 0
 
 
 async def test_a_handled_request_is_handled_once(engine: AsyncEngine):
