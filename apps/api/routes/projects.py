@@ -282,8 +282,23 @@ async def remove_member(project_id: UUID, user_id: UUID, user: CurrentUser, stor
             raise ApiError(409, "The project's owner cannot be removed from it", code="OWNER_CANNOT_BE_REMOVED")
         if not await edit.remove_member(user_id):
             raise ApiError(404, f"User {user_id} is not a member of project {project_id}", code="MEMBER_NOT_FOUND")
+        broadcaster = get_broadcaster()
+        # every instance is told before the removal is committed: when Redis cannot take it, the
+        # member stays (a removal that other instances never heard of would not take effect there)
+        try:
+            await broadcaster.revoke_project_access(project_id=project_id, user_id=user_id, by=user.user_id)
+        except DeliveryError as exc:
+            logger.warning("member not removed: the other instances could not be told: %s", exc)
+            raise ApiError(
+                503,
+                "The removal could not reach every instance (Redis is unreachable); nothing was changed, try again",
+                code="UNAVAILABLE",
+                headers={"Retry-After": "2"},
+            ) from None
         await edit.commit()
+        # and again once committed, for a subscription that was checked in between (the user's
+        # connections that already left are not told twice)
         _, delivered = await _announce(
-            get_broadcaster().revoke_project_access(project_id=project_id, user_id=user_id, by=user.user_id)
+            broadcaster.revoke_project_access(project_id=project_id, user_id=user_id, by=user.user_id)
         )
         return MemberRemoved(project=ProjectPublic.of(edit.project), event_delivered=delivered)

@@ -37,6 +37,10 @@ async def test_redis_outage_fails_clearly_and_delivery_resumes_after():
             token = make_token(owner)
             auth = {"Authorization": f"Bearer {token}"}
             project = await new_project(a.url, token)
+            member = uuid4()
+            async with httpx.AsyncClient(base_url=a.url, headers=auth) as http:
+                added = await http.post(f"/api/v1/projects/{project}/members", json={"user_id": str(member)})
+                assert added.status_code == 201, added.text
             clients = [await subscribed(s.url, make_token(owner), f"project:{project}") for s in servers]
 
             async def put_loop() -> list[int]:
@@ -68,6 +72,11 @@ async def test_redis_outage_fails_clearly_and_delivery_resumes_after():
                 assert response.status_code == 200
                 assert (response.json()["changed_fields"], response.json()["event_delivered"]) == (["status"], False)
                 assert (await http.get(f"/api/v1/projects/{project}")).json()["status"] == "x"
+                # A removal must reach every instance to take effect: refused, and nothing changed.
+                removal = await asyncio.wait_for(http.delete(f"/api/v1/projects/{project}/members/{member}"), 5)
+                assert (removal.status_code, removal.json()["error"]["code"]) == (503, "UNAVAILABLE")
+                assert removal.headers["retry-after"] == "2"
+                assert str(member) in (await http.get(f"/api/v1/projects/{project}")).json()["members"]
             # A publishing process gets a clear error, quickly.
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "apps/api/events/example_usage.py", cwd=REPO_ROOT,
@@ -100,6 +109,10 @@ async def test_redis_outage_fails_clearly_and_delivery_resumes_after():
             async with httpx.AsyncClient(base_url=b.url, headers=auth) as http:
                 response = await http.put(f"/api/v1/projects/{project}", json={"status": "back"})
             assert response.status_code == 200 and response.json()["event_delivered"] is True
+            async with httpx.AsyncClient(base_url=b.url, headers=auth) as http:
+                removal = await http.delete(f"/api/v1/projects/{project}/members/{member}")
+            assert removal.status_code == 200 and removal.json()["event_delivered"] is True
+            assert str(member) not in removal.json()["project"]["members"]
             for client in clients:
 
                 async def the_change(c: WsClient = client) -> bool:
