@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from uuid import uuid4
 
 import httpx
 import pytest
@@ -16,7 +17,15 @@ from apps.api.db.engine import create_engine
 from apps.api.db.migrate import current_revision, head, on_url
 from apps.api.db.tables import metadata
 from apps.api.tests.postgres_support import fresh_database
-from apps.api.tests.support import REPO_ROOT, TEST_SECRET, free_port, make_token, sqlite_url, start_server_process
+from apps.api.tests.support import (
+    REPO_ROOT,
+    TEST_SECRET,
+    WsClient,
+    free_port,
+    make_token,
+    sqlite_url,
+    start_server_process,
+)
 
 
 def _env(database_url: str, **extra: str) -> dict[str, str]:
@@ -131,8 +140,17 @@ async def test_an_unreachable_database_makes_the_instance_unready_and_its_routes
             ready = await http.get("/ready")
             health = (await http.get("/health")).json()
             listed = await http.get("/api/v1/projects", headers={"Authorization": f"Bearer {make_token()}"})
+        client = await WsClient(server.url).connect(make_token())
+        try:
+            await client.expect("connection_established")
+            refused = await client.call("subscribe", {"room": f"project:{uuid4()}"})
+            own_room = await client.call("subscribe", {"room": "global"})
+        finally:
+            await client.close()
     finally:
         await server.stop()
+    assert (refused["status"], refused["code"]) == ("error", "UNAVAILABLE")
+    assert own_room["status"] == "success"
     assert (ready.status_code, ready.json()["database"]) == (503, "unreachable")
     assert (health["status"], health["database"]) == ("degraded", "unreachable")
     assert (listed.status_code, listed.json()["error"]["code"]) == (503, "UNAVAILABLE")

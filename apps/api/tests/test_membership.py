@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 from uuid import uuid4
 
+from sqlalchemy.exc import OperationalError
+
+from apps.api.stores.sql_projects import SqlProjectStore
 from apps.api.tests.support import create_project, make_token, marker
 
 
@@ -167,3 +170,65 @@ async def test_projects_are_listed_in_pages(http):
     for params in ({"cursor": "garbage"}, {"limit": 0}, {"limit": 1000}):
         response = await http.get("/api/v1/projects", params=params, headers=bearer(token))
         assert (response.status_code, response.json()["error"]["code"]) == (422, "VALIDATION_ERROR"), params
+
+
+async def _member_of_a_project(http) -> tuple[str, str, str]:
+    owner, member = uuid4(), uuid4()
+    owner_token, member_token = make_token(owner), make_token(member)
+    project = await create_project(http, owner_token)
+    added = await http.post(
+        f"/api/v1/projects/{project}/members", json={"user_id": str(member)}, headers=bearer(owner_token)
+    )
+    assert added.status_code == 201
+    return project, owner_token, member_token
+
+
+async def test_a_subscription_racing_a_removal_does_not_outlive_it(http, connect, monkeypatch):
+    """The member is removed after subscribe's membership check and before the join (the removal's
+    eviction then finds nobody to take out): the check made once joined refuses, and the connection
+    is not left in the room."""
+    project, owner_token, member_token = await _member_of_a_project(http)
+    member = await connect(member_token)
+    user_id = (await member.call("debug:rooms"))["user_id"]
+    checking = SqlProjectStore.is_member
+    calls = 0
+
+    async def removed_meanwhile(self, project_id, user):
+        nonlocal calls
+        calls += 1
+        answer = await checking(self, project_id, user)
+        if calls == 1:
+            removal = await http.delete(f"/api/v1/projects/{project}/members/{user_id}", headers=bearer(owner_token))
+            assert removal.status_code == 200, removal.text
+        return answer
+
+    monkeypatch.setattr(SqlProjectStore, "is_member", removed_meanwhile)
+    ack = await member.call("subscribe", {"room": f"project:{project}"})
+    assert (ack["status"], ack["code"]) == ("error", "ROOM_ACCESS_DENIED"), ack
+    assert calls == 2
+    assert f"project:{project}" not in await rooms_of(member)
+
+
+async def test_a_membership_check_that_fails_never_leaves_the_connection_in_the_room(http, connect, monkeypatch):
+    """The database fails on the check before the join, or on the one after it: the ack says
+    UNAVAILABLE, the connection is not in the room, and it stays connected and usable."""
+    project, _, member_token = await _member_of_a_project(http)
+    member = await connect(member_token)
+    checking = SqlProjectStore.is_member
+    for failing_call in (1, 2):
+        calls = 0
+
+        async def flaky(self, project_id, user, failing_call=failing_call):
+            nonlocal calls
+            calls += 1
+            if calls == failing_call:
+                raise OperationalError("SELECT count(*) FROM project_members", {}, ConnectionRefusedError())
+            return await checking(self, project_id, user)
+
+        monkeypatch.setattr(SqlProjectStore, "is_member", flaky)
+        ack = await member.call("subscribe", {"room": f"project:{project}"})
+        assert (ack["status"], ack["code"]) == ("error", "UNAVAILABLE"), (failing_call, ack)
+        assert calls == failing_call
+        assert f"project:{project}" not in await rooms_of(member)
+    monkeypatch.setattr(SqlProjectStore, "is_member", checking)
+    assert (await member.call("subscribe", {"room": f"project:{project}"}))["status"] == "success"

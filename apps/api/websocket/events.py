@@ -169,9 +169,11 @@ class ClientEvents:
     async def subscribe(self, conn: Connection, data: object = None) -> Ack:
         try:
             room = parse_room(_room_field(data))
-            is_member = False
+            is_member: bool | None = False
             if room.kind is RoomKind.PROJECT and room.id is not None and not conn.principal.is_admin:
-                is_member = await self.membership.is_member(room.id, conn.principal.user_id)
+                is_member = await self._is_member(conn, room.id)
+                if is_member is None:
+                    return error(ErrorCode.UNAVAILABLE, "Membership could not be checked; try again shortly")
             check_access(conn.principal, room, is_project_member=is_member)
         except RoomError as exc:
             logger.info(
@@ -183,16 +185,30 @@ class ClientEvents:
             if len(joined) >= self.max_rooms:
                 return error(ErrorCode.ROOM_LIMIT, f"A connection may be in at most {self.max_rooms} rooms")
             await self.sio.enter_room(conn.sid, room.name, namespace=NAMESPACE)
-            if (
-                is_member
-                and room.id is not None
-                and not await self.membership.is_member(room.id, conn.principal.user_id)
-            ):
+            if is_member and room.id is not None and (still := await self._is_member(conn, room.id)) is not True:
                 # removed (or the project deleted) between the check and the join: the removal's
-                # eviction may have run before this connection was in the room
+                # eviction may have run before this connection was in the room. When that cannot
+                # be known, the connection leaves too: access is never kept on a failed check.
                 await self.sio.leave_room(conn.sid, room.name, namespace=NAMESPACE)
+                if still is None:
+                    return error(ErrorCode.UNAVAILABLE, "Membership could not be checked; try again shortly")
                 return error(ErrorCode.ROOM_ACCESS_DENIED, f"You are no longer a member of project {room.id}")
         return success(room=room.name, message=f"Subscribed to {room.name}")
+
+    async def _is_member(self, conn: Connection, project_id: UUID) -> bool | None:
+        """Whether the connection's user is a member of the project; None when that cannot be
+        checked (the database is unreachable)."""
+        try:
+            return await self.membership.is_member(project_id, conn.principal.user_id)
+        except Exception as exc:
+            logger.warning(
+                "websocket membership check failed sid=%s user=%s project=%s error=%s",
+                conn.sid,
+                conn.principal.user_id,
+                project_id,
+                type(exc).__name__,
+            )
+            return None
 
     @_guarded
     async def unsubscribe(self, conn: Connection, data: object = None) -> Ack:
