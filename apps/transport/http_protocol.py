@@ -14,7 +14,9 @@ the body for as long as the client sends it, or, with ``Connection: close``, clo
 unread, which makes the kernel reset the connection, and a client that was still sending then
 loses the response. Here the response is followed by a FIN, and what still arrives is discarded,
 ``linger_bytes`` at most (then nothing more is read), for ``linger_seconds`` at most, then the
-connection is closed (nginx's ``lingering_close``).
+connection is closed (nginx's ``lingering_close``). That holds for a request that asked to close
+(``Connection: close``, or HTTP/1.0) too: uvicorn closes those itself, from the response cycle,
+so its cycle is given the transport through :class:`_CloseLingers`.
 
 The limits are class attributes: a subclass sets its own (a service sets its own).
 """
@@ -35,6 +37,23 @@ class _HeadRefused(Exception):
     def __init__(self, status: int, why: str) -> None:
         super().__init__(why)
         self.status = status
+
+
+class _CloseLingers:
+    """The transport as one response cycle sees it: uvicorn's cycle closes the connection itself
+    once it has sent a response to a request that asked to close; while that request's body is
+    still unread, this lingers instead (:meth:`HeadLimitsProtocol._linger`). Everything else is
+    the transport's."""
+
+    def __init__(self, protocol: HeadLimitsProtocol, transport: asyncio.Transport) -> None:
+        self._protocol = protocol
+        self._transport = transport
+
+    def close(self) -> None:
+        self._protocol._close_after_response()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class HeadLimitsProtocol(HttpToolsProtocol):
@@ -71,15 +90,29 @@ class HeadLimitsProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         cycle = self.cycle
         super().on_response_complete()
-        if cycle is not None and cycle.more_body and not self.transport.is_closing() and self._lingering is None:
+        if self._lingering is not None:  # begun by _close_after_response, before this ran
+            self._cancel_keep_alive()
+        elif cycle is not None and cycle.more_body and not self.transport.is_closing():
             self._linger()
+
+    def _close_after_response(self) -> None:
+        """The cycle of a request that asked to close has sent its response (see _CloseLingers)."""
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not self.transport.is_closing():
+            if self._lingering is None:
+                self._linger()
+            return
+        self.transport.close()
+
+    def _cancel_keep_alive(self) -> None:
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
 
     def _linger(self) -> None:
         """The response is out and its request's body is not all read: send a FIN after it, and
         discard what still arrives for a little while (see the module docstring)."""
-        if self.timeout_keep_alive_task is not None:
-            self.timeout_keep_alive_task.cancel()
-            self.timeout_keep_alive_task = None
+        self._cancel_keep_alive()
         self._stop_head_timer()
         self.flow.resume_reading()
         self._lingering = self.loop.call_later(self.linger_seconds, self.transport.close)
@@ -128,6 +161,9 @@ class HeadLimitsProtocol(HttpToolsProtocol):
         self._stop_head_timer()
         self._in_head, self._head_received = False, 0
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and not cycle.keep_alive and cycle.transport is self.transport:
+            cycle.transport = _CloseLingers(self, self.transport)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._in_head = True  # what comes next is the next request's head

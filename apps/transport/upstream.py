@@ -408,6 +408,18 @@ HOOKS = [
         "extended",
     ),
     Hook(
+        "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.on_response_complete",
+        "64e254f28e389e76",
+        "http_protocol.HeadLimitsProtocol.on_response_complete",
+        "extended: lingers after a response sent with its body unread",
+    ),
+    Hook(
+        "uvicorn.protocols.http.httptools_impl:RequestResponseCycle.send",
+        "abdd8601b326a8da",
+        "http_protocol._CloseLingers",
+        "relied on: closes self.transport itself after a response when keep_alive is false",
+    ),
+    Hook(
         "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.handle_websocket_upgrade",
         "179c4f769386ab89",
         "http_protocol.HeadLimitsProtocol",

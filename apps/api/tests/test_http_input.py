@@ -14,11 +14,16 @@ from apps.api.tests.test_limits import _read_to_eof, _server, rss_mb
 MB = 1024 * 1024
 
 
-async def _post(port: int, path: str, *, token: str | None, declared: int | None, offered: int) -> tuple[int, dict]:
+async def _post(
+    port: int, path: str, *, token: str | None, declared: int | None, offered: int, close: bool = False
+) -> tuple[int, dict]:
     """POST ``offered`` bytes of JSON-ish body (declared by Content-Length, or chunked when
-    ``declared`` is None), stopping when the server stops reading; returns the status and JSON."""
+    ``declared`` is None; with ``Connection: close`` when ``close``), stopping when the server
+    stops reading; returns the status and JSON."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    if close:
+        head += "Connection: close\r\n"
     if token:
         head += f"Authorization: Bearer {token}\r\n"
     head += f"Content-Length: {declared}\r\n" if declared is not None else "Transfer-Encoding: chunked\r\n"
@@ -75,6 +80,28 @@ async def test_bodies_are_capped_while_read_and_no_token_is_401_whatever_the_bod
         assert body["error"]["code"] == "PAYLOAD_TOO_LARGE" and body["error"]["limit"] == 1_000_000
     assert after - before < 25, f"RSS {before:.0f} -> {after:.0f} MB"
     assert alive[0] == 422  # an empty body to a live server: a validation error, not a crash
+    assert "Traceback" not in "".join(server.output)
+
+
+async def test_a_request_that_asks_to_close_still_gets_its_answer_before_the_body_is_read():
+    """``Connection: close`` (as many HTTP clients send on their last request): uvicorn would close
+    the socket with the body unread, and the kernel's reset can destroy the answer in flight; the
+    connection lingers instead, and the client reads its 401 or 413 every time."""
+    server, port = await _server()
+    token = make_token()
+    try:
+        results = await asyncio.gather(
+            *(
+                _post(port, "/api/v1/projects", token=None, declared=declared, offered=8 * MB, close=True)
+                for declared in (300 * MB, None)
+                for _ in range(3)
+            ),
+            *(_post(port, "/api/v1/projects", token=token, declared=300 * MB, offered=8 * MB, close=True)
+              for _ in range(3)),
+        )  # fmt: skip
+    finally:
+        await server.stop()
+    assert [status for status, _ in results] == [401] * 6 + [413] * 3, results
     assert "Traceback" not in "".join(server.output)
 
 
