@@ -298,8 +298,13 @@ class ProjectLocks:
         try:
             yield
         finally:
-            await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-            await connection.commit()
+            try:
+                await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                await connection.commit()
+            except (DBAPIError, OSError):
+                # the session is broken: discarding it releases its locks, and the error that
+                # broke it (if any) is the one worth raising
+                await connection.invalidate()
 
 
 def _repository_key(url: str | None) -> str | None:
