@@ -169,11 +169,12 @@ class ClientEvents:
     async def subscribe(self, conn: Connection, data: object = None) -> Ack:
         try:
             room = parse_room(_room_field(data))
-            is_member: bool | None = False
+            is_member = False
             if room.kind is RoomKind.PROJECT and room.id is not None and not conn.principal.is_admin:
-                is_member = await self._is_member(conn, room.id)
-                if is_member is None:
+                checked = await self._is_member(conn, room.id)
+                if checked is None:
                     return error(ErrorCode.UNAVAILABLE, "Membership could not be checked; try again shortly")
+                is_member = checked
             check_access(conn.principal, room, is_project_member=is_member)
         except RoomError as exc:
             logger.info(
