@@ -1,9 +1,14 @@
 # The real-time event service as a container image.
 #
 #   docker build -t swe-api .
-#   docker run -p 8000:8000 -e JWT_SECRET_KEY="$JWT_SECRET_KEY" swe-api
+#   docker run -p 8000:8000 -e REDIS_URL=redis://redis:6379 -e CORS_ORIGINS=https://app.example.com \
+#     -e JWT_SECRET_KEY=$JWT_SECRET_KEY swe-api
 #
-# Every setting is an environment variable (apps/api/config.py, README.md "Configuration").
+# It runs with ENVIRONMENT=production unless told otherwise (-e ENVIRONMENT=development): it refuses
+# to start, saying which setting and why, with the default or a short JWT_SECRET_KEY
+# (openssl rand -hex 32 makes one) or CORS_ORIGINS=*.
+# Every setting is an environment variable (apps/api/config.py, README.md "Configuration"), or a
+# file named after it in /run/secrets (Docker and Compose secrets: /run/secrets/jwt_secret_key).
 # Without DATABASE_URL, projects are in a SQLite file in /app/data (mount a volume there to keep
 # them: -v events-data:/app/data); with several containers, set DATABASE_URL to a PostgreSQL.
 # docker-compose.yml, websocket-deployment.yaml and deploy/README.md show how to run it with Redis.
@@ -31,8 +36,10 @@ RUN groupadd --system --gid 10001 app \
 
 COPY apps/ ./apps/
 
-# Containers log to stderr only (LOG_FILE="" turns the log file off); listen on every interface.
-ENV LOG_FILE="" \
+# Production by default; containers log to stderr only (LOG_FILE="" turns the log file off);
+# listen on every interface.
+ENV ENVIRONMENT=production \
+    LOG_FILE="" \
     HOST=0.0.0.0 \
     PORT=8000
 

@@ -246,6 +246,11 @@ def main() -> None:
         redis_url=args.redis_url,
         redis_channel=args.redis_channel,
         redis_key_prefix=args.redis_key_prefix,
+        # every load client connects from 127.0.0.1, often as one user; Node's server has no such
+        # limits: they are off here, as a deployment behind a balancer would size them
+        connects_per_second_per_address=0,
+        max_connections_per_user=1_000_000,
+        max_connections=1_000_000,
         **overrides,
     )
     if args.parent_pid:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from uuid import UUID, uuid4
 
 import httpx
@@ -14,8 +15,11 @@ from apps.api.app import create_app
 from apps.api.tests.postgres_support import prepared_postgres
 from apps.api.tests.redis_support import DEFAULT_REDIS_URL, HOW_TO_PROVIDE, own_redis, reachable
 from apps.api.tests.support import (
+    SERVER_OUTPUTS,
+    LogCapture,
     RunningServer,
     WsClient,
+    leaked_secrets,
     make_token,
     serve_in_process,
     sqlite_url,
@@ -84,3 +88,21 @@ async def redis_url() -> AsyncIterator[str]:
 async def postgres_url() -> str:
     """The machine's PostgreSQL test database (TEST_DATABASE_URL), created and migrated once."""
     return await prepared_postgres()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_token_or_secret_in_any_log() -> Iterator[None]:
+    """Every log record of the whole session, and everything the server processes printed, is
+    checked at its end: no token make_token made, TEST_SECRET or registered secret may appear
+    (apps/api/tests/support.py, LogCapture and leaked_secrets)."""
+    capture = LogCapture()
+    root = logging.getLogger()
+    root.addHandler(capture)
+    try:
+        yield
+    finally:
+        root.removeHandler(capture)
+    leaks = leaked_secrets([*capture.lines, *(line for output in SERVER_OUTPUTS for line in output)])
+    if leaks:
+        shown = "\n".join(text[:300] for text in leaks[:10])
+        pytest.fail(f"{len(leaks)} log line(s) show a token or a secret, e.g.:\n{shown}", pytrace=False)

@@ -14,26 +14,42 @@ from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
 
 from apps.api.errors import ApiError
+from apps.api.http_limits import HttpLimiter
 from apps.api.stores.handled import HandledRequests
 from apps.api.stores.projects import ProjectStore
+from apps.api.token_keys import verify_token
 from apps.api.websocket.auth import AuthError, Principal, TokenVerifier, extract_token
 
 
-def authenticate(request: Request) -> Principal:
-    """The request's caller, from its Bearer token (401 without a valid one); checked once."""
+async def authenticate(request: Request) -> Principal:
+    """The request's caller, from its Bearer token (401 without a valid one); checked once. A
+    token signed with a key just rotated in gets the keys refreshed first (apps.api.token_keys)."""
     known: Principal | None = getattr(request.state, "principal", None)
     if known is not None:
         return known
     verifier: TokenVerifier = request.app.state.verifier
     token = extract_token(None, authorization=request.headers.get("authorization"))
     try:
-        principal = verifier.verify(token)
+        principal = await verify_token(verifier, getattr(request.app.state, "token_keys", None), token)
     except AuthError as exc:
         raise ApiError(
             401, exc.message, code=exc.code, reason=exc.reason, headers={"WWW-Authenticate": "Bearer"}
         ) from None
     request.state.principal = principal
+    await _limit_caller(request, principal)
     return principal
+
+
+async def _limit_caller(request: Request, principal: Principal) -> None:
+    """429 past the caller's HTTP rate limit (apps.api.http_limits), once the token is known good."""
+    limiter: HttpLimiter | None = getattr(request.app.state, "http_limits", None)
+    if limiter is None:
+        return
+    refusal = await limiter.check_caller(principal.user_id, principal.roles)
+    if refusal is not None:
+        raise ApiError(
+            429, refusal.message, headers={"Retry-After": str(refusal.retry_after)}, retry_after=refusal.retry_after
+        )
 
 
 class AuthenticatedRoute(APIRoute):
@@ -43,14 +59,14 @@ class AuthenticatedRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def authenticated(request: Request) -> Response:
-            authenticate(request)
+            await authenticate(request)
             return await handler(request)
 
         return authenticated
 
 
-def current_principal(request: Request) -> Principal:
-    return authenticate(request)
+async def current_principal(request: Request) -> Principal:
+    return await authenticate(request)
 
 
 def admin_principal(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:

@@ -41,6 +41,25 @@ from apps.transport.ws_protocol import HandedOffWebSocket
 
 logger = logging.getLogger(__name__)
 
+
+class TransportStats:
+    """What the transport counts, as plain integers (the process's one instance is :data:`stats`).
+    A service exports them as it likes (the event service: as Prometheus counters); the transport
+    only adds to them, on paths it runs anyway, and never reads them."""
+
+    __slots__ = ("deliveries", "slow_clients_dropped")
+
+    def __init__(self) -> None:
+        #: Packets handed to recipients' Engine.IO sockets by local delivery (one per recipient of
+        #: an emit or an eviction notice; a packet a session had no transport for yet waits in its queue).
+        self.deliveries = 0
+        #: WebSocket clients dropped for leaving more than ``max_send_buffer_bytes`` unread.
+        self.slow_clients_dropped = 0
+
+
+#: This process's counters.
+stats = TransportStats()
+
 #: Tasks started by sockets, kept until they end (asyncio holds only weak references).
 _running: set[asyncio.Task[Any]] = set()
 
@@ -159,11 +178,14 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
         if ws is None:
             self.queue.put_nowait(pkt)
             return
+        closing = ws.closing
         encoded = pkt.encode_cache
         if isinstance(encoded, FramedStr):
             ws.send_framed(encoded, encoded.frame)
         else:
             ws.send_message(pkt.encode())
+        if ws.closing is not closing:  # only one write closes a connection: its unread bytes over the limit
+            stats.slow_clients_dropped += 1
 
     async def send(self, pkt: Any) -> None:
         self.send_nowait(pkt)
@@ -185,12 +207,12 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
             self._timer = asyncio.get_running_loop().call_at(self._deadline, self._check_deadline)
             self.send_nowait(PING)
         except Exception:
-            logger.exception("%s: heartbeat failed; closing the session", self.sid)
+            logger.exception("websocket sid=%s: heartbeat failed; closing the session", self.sid)
             self.abort(self.server.reason.TRANSPORT_ERROR)
 
     def _check_deadline(self) -> None:
         if self.silent():
-            logger.debug("%s: no PONG within ping_timeout; closing the session", self.sid)
+            logger.debug("websocket sid=%s: no PONG within ping_timeout; closing the session", self.sid)
             self.abort(self.server.reason.PING_TIMEOUT)  # as engine.io: no CLOSE to a silent client
 
     def silent(self) -> bool:
@@ -252,7 +274,7 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
             self.abort(self.server.reason.TRANSPORT_CLOSE)
 
     def _drop(self, why: str, code: int) -> None:
-        logger.warning("%s: %s; closing the connection", self.sid, why)
+        logger.warning("websocket sid=%s: %s; closing the connection", self.sid, why)
         if self.ws is not None:
             self.ws.close(code)
         self.abort(self.server.reason.TRANSPORT_ERROR)
@@ -307,7 +329,7 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
         if self.upgrading:
             return [eio_packet.Packet(NOOP)]  # no more packets over polling
         if self.polling:
-            logger.warning("%s: a second long-poll while one is pending; closing the session", self.sid)
+            logger.warning("websocket sid=%s: a second long-poll while one is pending; closing the session", self.sid)
             await self.close(wait=False, reason=self.server.reason.TRANSPORT_ERROR)
             raise RequestRefused("overlapping long-poll requests")
         self.polling = True
@@ -348,7 +370,7 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
                 await self._refuse(str(exc))
 
     async def _refuse(self, why: str, *, status: int = 400) -> NoReturn:
-        logger.warning("%s: %s; closing the session", self.sid, why)
+        logger.warning("websocket sid=%s: %s; closing the session", self.sid, why)
         await self.close(wait=False, reason=self.server.reason.TRANSPORT_ERROR)
         raise RequestRefused(why, status=status)
 

@@ -24,6 +24,7 @@ The limits are class attributes: a subclass sets its own (a service sets its own
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -31,6 +32,18 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 logger = logging.getLogger(__name__)
+
+
+#: The ``code`` of each refusal's JSON body (the service's error shape, ``{"error": {code, message}}``).
+REFUSAL_CODES = {408: "REQUEST_TIMEOUT", 414: "REQUEST_LINE_TOO_LONG", 431: "REQUEST_HEAD_TOO_LARGE"}
+
+
+def refusal_response(status: int, message: str) -> bytes:
+    """A complete response that refuses a request head: its status line, a small JSON body in the
+    service's error shape, and ``connection: close``."""
+    body = json.dumps({"error": {"code": REFUSAL_CODES[status], "message": message}}).encode()
+    head = f"content-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    return STATUS_LINE[status] + head.encode() + body
 
 
 class _HeadRefused(Exception):
@@ -134,7 +147,7 @@ class HeadLimitsProtocol(HttpToolsProtocol):
             return
         logger.info("%s sent no complete request head within %g s; closing", _client(self), self.head_timeout)
         if self.cycle is None or self.cycle.response_complete:
-            self.transport.write(STATUS_LINE[408] + b"content-length: 0\r\nconnection: close\r\n\r\n")
+            self.transport.write(refusal_response(408, f"No complete request head within {self.head_timeout:g} s"))
         self.transport.close()
 
     # parser callbacks (httptools calls them while feed_data parses)
@@ -221,7 +234,7 @@ class HeadLimitsProtocol(HttpToolsProtocol):
         # A pipelined head refused while an earlier request is unanswered: the client would take
         # the refusal for that request's answer, so it only sees the connection close (as when the head times out).
         if self.cycle is None or self.cycle.response_complete:
-            self.transport.write(STATUS_LINE[refusal.status] + b"content-length: 0\r\nconnection: close\r\n\r\n")
+            self.transport.write(refusal_response(refusal.status, f"Request refused: {refusal}"))
         self.transport.close()
 
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-from apps.transport.engine_socket import EngineSocket
+from apps.transport.engine_socket import EngineSocket, stats
 from apps.transport.framing import FramedStr
 
 
@@ -34,14 +35,17 @@ async def deliver_packet(
     skip = set(skip_sid) if isinstance(skip_sid, list) else {skip_sid}
     sockets = manager.server.eio.sockets
     others = []
+    delivered = 0
     for sid, eio_sid in manager.get_participants(namespace, room):
         socket = sockets.get(eio_sid)
         if socket is None or sid in skip:
             continue
+        delivered += 1
         if type(socket) is EngineSocket:
             socket.send_nowait(pkt)
         else:  # an Engine.IO server other than EngineServer
             others.append(socket)
+    stats.deliveries += delivered
     for socket in others:
         await socket.send(pkt)
 
@@ -87,8 +91,33 @@ def evict_locally(
             socket = sockets.get(members[sid])
             if type(socket) is EngineSocket:
                 socket.send_nowait(pkt)
+                stats.deliveries += 1
     for sid in sids:
         manager.basic_leave_room(sid, namespace, room)
+    return sids
+
+
+async def disconnect_locally(
+    manager: socketio.AsyncManager, namespace: str, target: Any, notice: str | None = None
+) -> list[str]:
+    """Disconnect this process's connections that ``target`` names (see
+    :meth:`RoomIndex.select_connections`), sending each the encoded packet ``notice`` first; the
+    client then sees its DISCONNECT ("io server disconnect"). Returns their sids."""
+    sids: list[str] = manager.select_connections(namespace, target)
+    if notice is not None and sids:
+        pkt = eio_packet.Packet(eio_packet.MESSAGE, notice)
+        pkt.encode_cache = FramedStr.of("4" + notice)
+        connected = manager.rooms.get(namespace, {}).get(None, {})
+        sockets = manager.server.eio.sockets
+        for sid in sids:
+            socket = sockets.get(connected.get(sid))
+            if type(socket) is EngineSocket:
+                socket.send_nowait(pkt)
+                stats.deliveries += 1
+            elif socket is not None:  # an Engine.IO server other than EngineServer
+                await socket.send(pkt)
+    for sid in sids:
+        await manager.server.disconnect(sid, namespace=namespace, ignore_queue=True)
     return sids
 
 
@@ -145,6 +174,27 @@ class RoomIndex:
         """Whether ``sid`` is a connection of this instance in ``namespace``."""
         return isinstance(sid, str) and sid in self.rooms.get(namespace, {}).get(None, ())
 
+    #: Resolves the disconnect targets the index does not know (the user's own, such as
+    #: ``{"user": id}``): ``select(namespace, target)`` gives the sids, or None for "not mine".
+    select: Callable[[str, Any], Iterable[str] | None] | None = None
+
+    def select_connections(self, namespace: str, target: Any) -> list[str]:
+        """This instance's connections in ``namespace`` that ``target`` names: ``{"sid": sid}``
+        (that connection, if it is here), ``{"room": name}`` (everyone in the room), or what
+        :attr:`select` resolves. Anything else names nobody."""
+        if self.select is not None:
+            chosen = self.select(namespace, target)
+            if chosen is not None:
+                return list(chosen)
+        if not isinstance(target, dict):
+            return []
+        sid, room = target.get("sid"), target.get("room")
+        if isinstance(sid, str):
+            return [sid] if self.is_local_sid(namespace, sid) else []
+        if isinstance(room, str):
+            return list(self.rooms.get(namespace, {}).get(room, {}))
+        return []
+
 
 class LocalManager(RoomIndex, socketio.AsyncManager):  # type: ignore[misc]
     """The client manager of a single instance: python-socketio's, with :func:`deliver_locally`."""
@@ -157,6 +207,11 @@ class LocalManager(RoomIndex, socketio.AsyncManager):  # type: ignore[misc]
         """Take every connection out of ``room`` (or only those also in ``only_in``), telling each
         with the encoded packet ``notice``; see :func:`evict_locally`."""
         evict_locally(self, namespace, room, only_in, notice)
+
+    async def disconnect_connections(self, namespace: str, target: Any, *, notice: str | None = None) -> int:
+        """Disconnect the connections ``target`` names, telling each with the encoded packet
+        ``notice`` first; see :func:`disconnect_locally`. Returns how many there were."""
+        return len(await disconnect_locally(self, namespace, target, notice))
 
     async def emit(
         self,

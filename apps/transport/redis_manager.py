@@ -2,9 +2,11 @@
 recover quickly, and keep local things local.
 
 The wire format on the channel stays python-socketio's (any python-socketio emitter or server
-interoperates), plus two messages of our own, which python-socketio instances ignore:
-``emit_packet``, an EVENT packet already encoded, so that no instance encodes it again; and
-``evict``, which takes connections out of a room on every instance, telling each. What changes:
+interoperates), plus messages of our own, which python-socketio instances ignore:
+``emit_packet``, an EVENT packet already encoded, so that no instance encodes it again;
+``evict``, which takes connections out of a room on every instance, telling each; and
+``disconnect_connections``, which disconnects connections on every instance, telling each. What
+changes:
 
 - :meth:`RedisManager.emit_json` (the fast path a publisher uses) raises :class:`PublishError`
   within ``timeout`` when Redis cannot be reached. python-socketio's own callers (``emit``,
@@ -32,11 +34,21 @@ from urllib.parse import urlsplit, urlunsplit
 import socketio
 from redis import asyncio as aioredis
 
-from apps.transport.managers import RoomIndex, deliver_locally, deliver_packet, event_packet, evict_locally
+from apps.transport.managers import (
+    RoomIndex,
+    deliver_locally,
+    deliver_packet,
+    disconnect_locally,
+    event_packet,
+    evict_locally,
+)
 
 #: Our messages on the channel: an EVENT packet already encoded; connections to take out of a room.
 EMIT_PACKET = "emit_packet"
 EVICT = "evict"
+#: ... and connections to disconnect, told first. Not python-socketio's own ``disconnect`` (one
+#: sid, no notice), which keeps its meaning on the channel.
+DISCONNECT = "disconnect_connections"
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +110,14 @@ class PacketPublisher:
                 "notice": notice,
                 "host_id": self.host_id,
             }
+        )
+
+    async def publish_disconnect(self, namespace: str, target: Any, notice: str | None = None) -> None:
+        """Every instance disconnects its connections that ``target`` names (see
+        :meth:`~apps.transport.managers.RoomIndex.select_connections`), sending each the encoded
+        packet ``notice`` first."""
+        await self.publish(
+            {"method": DISCONNECT, "namespace": namespace, "target": target, "notice": notice, "host_id": self.host_id}
         )
 
     async def publish_emit(self, event: str, data: Any, namespace: str, room: Any) -> None:
@@ -178,6 +198,15 @@ class RedisManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc]
         if not self.write_only:
             evict_locally(self, namespace, room, only_in, notice)
         await self.publisher.publish_evict(namespace, room, only_in, notice)
+
+    async def disconnect_connections(self, namespace: str, target: Any, *, notice: str | None = None) -> int:
+        """Disconnect the connections ``target`` names on every instance, telling each first (see
+        :func:`~apps.transport.managers.disconnect_locally`): here at once, on the others through
+        the channel. Returns how many were here. Raises :class:`PublishError` when Redis cannot be
+        reached (this instance's have been disconnected)."""
+        here = [] if self.write_only else await disconnect_locally(self, namespace, target, notice)
+        await self.publisher.publish_disconnect(namespace, target, notice)
+        return len(here)
 
     async def emit(
         self,
@@ -260,6 +289,14 @@ class RedisManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc]
                     message.get("namespace") or "/",
                     message.get("room"),
                     message.get("only_in"),
+                    notice if isinstance(notice, str) else None,
+                )
+            elif method == DISCONNECT:
+                notice = message.get("notice")
+                await disconnect_locally(
+                    self,
+                    message.get("namespace") or "/",
+                    message.get("target"),
                     notice if isinstance(notice, str) else None,
                 )
             elif method == "emit":

@@ -21,6 +21,9 @@ What changes from python-socketio 5.18.1 (each listed in the package README):
   any number of attachments.
 - **Refusals.** A CONNECT to a namespace the server does not serve is refused with
   ``{"message": "Invalid namespace"}`` (python-socketio: the bare string ``"Unable to connect"``).
+- **Admin UI.** ``instrument()`` (python-socketio's, same arguments) returns
+  :class:`~apps.transport.admin.InstrumentedServer`, python-socketio's instrumentation adapted to
+  this transport (what differs is in that module); ``shutdown()`` stops it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import socketio
 from socketio import exceptions as sio_exceptions
 from socketio import packet as sio_packet
 
+from apps.transport.admin import InstrumentedServer
 from apps.transport.conversation import Conversations, TooManyPending
 from apps.transport.engine_server import EngineServer
 from apps.transport.engine_socket import spawn
@@ -102,6 +106,37 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
     def _engineio_server_class(self) -> type:
         return EngineServer
 
+    # --- the Socket.IO Admin UI ------------------------------------------------------------
+
+    _admin: Any = None
+
+    def instrument(
+        self,
+        auth: Any = None,
+        mode: str = "development",
+        read_only: bool = False,
+        server_id: str | None = None,
+        namespace: str = "/admin",
+        server_stats_interval: float = 2,
+    ) -> Any:
+        """python-socketio's ``instrument()`` for the Admin UI, adapted to this transport
+        (:class:`~apps.transport.admin.InstrumentedServer`); :meth:`shutdown` stops it."""
+        self._admin = InstrumentedServer(
+            self,
+            auth=auth,
+            mode=mode,
+            read_only=read_only,
+            server_id=server_id,
+            namespace=namespace,
+            server_stats_interval=server_stats_interval,
+        )
+        return self._admin
+
+    async def shutdown(self) -> None:
+        if self._admin is not None:
+            await self._admin.shutdown()
+        await super().shutdown()
+
     # --- Engine.IO sessions ---------------------------------------------------------------
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
@@ -129,6 +164,19 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
             await self._handle_eio_disconnect(eio_sid, reason)
 
     # --- what clients send ----------------------------------------------------------------
+
+    def _get_event_handler(self, event: str, namespace: str, args: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
+        """python-socketio's, except for a client event named ``*``: python-socketio hands it to
+        the catch-all handler without its name, so the handler takes the sid for the name and the
+        first argument for the sid (a client could charge its events to another connection). Here
+        the catch-all gets the name, as for any other event."""
+        if event != "*":
+            return super()._get_event_handler(event, namespace, args)  # type: ignore[no-any-return]
+        if "*" in self.handlers.get(namespace, {}):
+            return self.handlers[namespace]["*"], (event, *args)
+        if "*" in self.handlers.get("*", {}):
+            return self.handlers["*"]["*"], (event, namespace, *args)
+        return None, args
 
     def _on_eio_message(self, eio_sid: str, data: str | bytes) -> None:
         """A message from a client, in arrival order: decoded and checked now, handled in the

@@ -449,6 +449,60 @@ HOOKS = [
         "ws_protocol.HandedOffWebSocket.close",
         "relied on",
     ),
+    Hook(
+        "socketio.async_admin:InstrumentedAsyncServer.__init__",
+        "e602b4b5f484eba8",
+        "admin.InstrumentedServer",
+        "relied on: the attributes it sets (auth, mode, read_only, admin_namespace, event_buffer, stats_task)",
+    ),
+    Hook(
+        "socketio.async_admin:InstrumentedAsyncServer.instrument",
+        "b93e005e951b8ad4",
+        "admin.InstrumentedServer.instrument",
+        "extended: its patches of AsyncSocket undone, emit_json reported",
+    ),
+    Hook(
+        "socketio.async_admin:InstrumentedAsyncServer.admin_connect",
+        "bab0b185eadbcb09",
+        "admin.InstrumentedServer.admin_connect",
+        "replaced: all_sockets sent to the admin that connected",
+    ),
+    Hook(
+        "socketio.async_admin:InstrumentedAsyncServer._trigger_event",
+        "7971763acf36ffbb",
+        "admin.InstrumentedServer._trigger_event",
+        "replaced: accepted connections only, event data redacted",
+    ),
+    Hook(
+        "socketio.async_admin:InstrumentedAsyncServer._handle_eio_disconnect",
+        "00e6ab268701585a",
+        "admin.InstrumentedServer._handle_eio_disconnect",
+        "replaced: the transport's disconnect kept",
+    ),
+    Hook(
+        "socketio.async_admin:InstrumentedAsyncServer.serialize_socket",
+        "435b68cabdb5e801",
+        "admin.InstrumentedServer.serialize_socket",
+        "extended: credentials redacted",
+    ),
+    Hook(
+        "socketio.async_admin:InstrumentedAsyncServer._check_for_upgrade",
+        "88bf7de8d3b4c59b",
+        "admin.InstrumentedServer._report_connected",
+        "relied on",
+    ),
+    Hook(
+        "socketio.async_admin:InstrumentedAsyncServer.shutdown",
+        "63bbc735f6afa9f1",
+        "admin.InstrumentedServer.shutdown",
+        "replaced: the stats task and upgrade checks cancelled at once",
+    ),
+    Hook(
+        "socketio.base_server:BaseServer._get_event_handler",
+        "e18d9a6570aaaaf4",
+        "server.SocketServer._get_event_handler",
+        "extended: a client event named * reaches the catch-all with its name",
+    ),
 ]
 
 

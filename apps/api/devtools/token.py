@@ -15,7 +15,7 @@ from uuid import UUID, uuid4
 
 import jwt
 
-from apps.api.config import get_settings
+from apps.api.settings_errors import load_settings as get_settings  # one line per refused setting, no value
 
 
 def mint(user_id: UUID, roles: list[str], ttl: int) -> str:

@@ -13,6 +13,7 @@ of this module (see ``apps/api/events/__init__.py``), so a process has exactly o
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -23,10 +24,19 @@ from pydantic import ValidationError
 if TYPE_CHECKING:
     from apps.api.backends import Backend
 
+from apps.api import metrics
 from apps.api.events.emitter import DeliveryError, Emitter
 from apps.api.events.routing import FALLBACK_ROOMS, rooms_for
 from apps.api.events.workflow_routes import WorkflowDirectory, WorkflowRoutes
-from apps.api.websocket.models import PAYLOADS, Event, EventType, Payload, ProjectAccessRevokedData, WorkflowData
+from apps.api.websocket.models import (
+    PAYLOADS,
+    SERVER_ONLY,
+    Event,
+    EventType,
+    Payload,
+    ProjectAccessRevokedData,
+    WorkflowData,
+)
 from apps.api.websocket.rooms import project_room, user_room
 
 logger = logging.getLogger(__name__)
@@ -43,7 +53,7 @@ DEFAULT_SOURCES = {
 
 
 #: The event types a caller may publish (the others are the server's own).
-PUBLISHABLE = frozenset(PAYLOADS) - {EventType.CONNECTION_ESTABLISHED, EventType.PROJECT_ACCESS_REVOKED}
+PUBLISHABLE = frozenset(PAYLOADS) - SERVER_ONLY
 
 
 class EventValidationError(ValueError):
@@ -143,7 +153,14 @@ class Broadcaster:
 
     async def publish(self, event: Event, rooms: list[str]) -> Event:
         """Send an already-built event to ``rooms``. The typed methods below call this."""
-        await self._transport().emit(event, rooms=rooms)
+        transport = self._transport()
+        started = time.perf_counter()
+        try:
+            await transport.emit(event, rooms=rooms)
+        except DeliveryError:
+            metrics.publish_failed(event.type)
+            raise
+        metrics.published(event.type, time.perf_counter() - started)
         logger.debug("sent %s %s to %s", event.type.value, event.id, rooms)
         return event
 
@@ -213,7 +230,14 @@ class Broadcaster:
         except ValidationError as exc:
             raise EventValidationError(EventType.PROJECT_ACCESS_REVOKED, exc) from None
         event = Event.of(EventType.PROJECT_ACCESS_REVOKED, source or DEFAULT_SOURCES["project"], data)
-        await self._transport().evict(event, room=room, only_in=user_room(user_id) if user_id is not None else None)
+        transport = self._transport()
+        started = time.perf_counter()
+        try:
+            await transport.evict(event, room=room, only_in=user_room(user_id) if user_id is not None else None)
+        except DeliveryError:
+            metrics.publish_failed(event.type)
+            raise
+        metrics.published(event.type, time.perf_counter() - started)
         logger.debug("revoked %s for %s", room, user_id or "everyone")
         return event
 

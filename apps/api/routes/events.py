@@ -38,7 +38,7 @@ class ServiceRoute(AuthenticatedRoute):
         handler = super().get_route_handler()
 
         async def service_only(request: Request) -> Response:
-            _require_service(authenticate(request), request)
+            _require_service(await authenticate(request), request)
             return await handler(request)
 
         return service_only

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 
+from apps.api.cluster_stats import ClusterStats
 from apps.api.deps import AdminUser
 from apps.api.websocket.protocol import NAMESPACE, SOCKETIO_PATH
-from apps.api.websocket.server import room_sizes
 
 router = APIRouter(tags=["websocket"])
 
@@ -24,7 +26,9 @@ async def websocket_help() -> dict[str, object]:
 
 
 @router.get("/api/v1/websocket/stats")
-async def websocket_stats(request: Request, _: AdminUser) -> dict[str, object]:
-    """Connections and members per room on this instance (admins only)."""
-    state = request.app.state
-    return {"connections": len(state.connections), "users": state.connections.users(), "rooms": room_sizes(state.sio)}
+async def websocket_stats(request: Request, _: AdminUser) -> dict[str, Any]:
+    """Connections, users and members per room across every instance, and what each instance holds
+    (admins only). Without Redis (or while it is unreachable): this instance's, ``cluster: false``.
+    See :mod:`apps.api.cluster_stats` for how fresh each instance's numbers are."""
+    stats: ClusterStats = request.app.state.cluster_stats
+    return await stats.collect()

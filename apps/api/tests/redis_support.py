@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis import asyncio as aioredis
 
@@ -38,12 +38,16 @@ async def reachable(url: str) -> bool:
 @dataclass
 class RedisProcess:
     """A redis-server of the test's own, which the test may stop and start again on its port.
-    It keeps an append-only file in ``directory``, so data survives a restart, as in production."""
+    It keeps an append-only file in ``directory``, so data survives a restart, as in production.
+    ``extra_args`` are given to redis-server after the others (``--requirepass``, TLS options;
+    ``--port 0 --tls-port N`` for TLS only), and its output is kept in ``output``."""
 
     port: int
     directory: str
     process: asyncio.subprocess.Process | None = None
     _drainer: asyncio.Task[None] | None = None
+    extra_args: tuple[str, ...] = ()
+    output: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -54,7 +58,7 @@ class RedisProcess:
         assert executable, HOW_TO_PROVIDE
         self.process = await asyncio.create_subprocess_exec(
             executable, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-            "--appendonly", "yes", "--appendfsync", "always", "--dir", self.directory,
+            "--appendonly", "yes", "--appendfsync", "always", "--dir", self.directory, *self.extra_args,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         assert self.process.stdout is not None
@@ -62,9 +66,10 @@ class RedisProcess:
         async def ready() -> None:
             assert self.process is not None and self.process.stdout is not None
             while line := await self.process.stdout.readline():
+                self.output.append(line.decode(errors="replace"))
                 if b"Ready to accept connections" in line:
                     return
-            raise AssertionError("redis-server exited before it was ready")
+            raise AssertionError("redis-server exited before it was ready:\n" + "".join(self.output))
 
         await asyncio.wait_for(ready(), 10)
         # keep draining its output so it never blocks on a full pipe
@@ -72,8 +77,8 @@ class RedisProcess:
 
     async def _drain(self) -> None:
         if self.process is not None and self.process.stdout is not None:
-            while await self.process.stdout.readline():
-                pass
+            while line := await self.process.stdout.readline():
+                self.output.append(line.decode(errors="replace"))
 
     async def stop(self) -> None:
         if self.process is not None and self.process.returncode is None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import re
 import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ import uvicorn
 
 from apps.api.config import Settings
 from apps.api.events.broadcaster import get_broadcaster
+from apps.api.logging_setup import JsonFormatter, redact
 from apps.api.serving import uvicorn_options
 from apps.transport.tests.support import bound_socket
 
@@ -75,7 +78,21 @@ def make_token(
         payload["roles"] = list(roles)
     payload.update(claims)
     payload = {k: v for k, v in payload.items() if v is not None}
-    return jwt.encode(payload, secret, algorithm=algorithm)
+    token = jwt.encode(payload, secret, algorithm=algorithm)
+    ISSUED_TOKENS.add(token)  # no log line may ever show it (apps/api/conftest.py checks)
+    register_secret(secret)
+    return token
+
+
+#: HTTP rate limits no test meets, for every app and server process a test starts unless it sets
+#: its own (test_http_limits does): tests send bursts from one address and one user.
+HIGH_HTTP_LIMITS = {
+    "HTTP_RATE_LIMIT_PER_USER": "1000000/second",
+    "HTTP_RATE_LIMIT_PER_SERVICE": "1000000/second",
+    "HTTP_RATE_LIMIT_PER_ADDRESS": "1000000/second",
+}
+for _name, _value in HIGH_HTTP_LIMITS.items():
+    os.environ.setdefault(_name, _value)  # server processes inherit the environment
 
 
 def test_settings(**overrides: Any) -> Settings:
@@ -91,6 +108,8 @@ def test_settings(**overrides: Any) -> Settings:
         "database_url": sqlite_url(),
         # the WebSocket and JavaScript-client suites also run on plain python-socketio (Makefile)
         "websocket_transport": os.environ.get("WEBSOCKET_TRANSPORT", "service"),
+        # tests send bursts no caller would: the HTTP rate limits are tested on their own (test_http_limits)
+        **{name.lower(): value for name, value in HIGH_HTTP_LIMITS.items()},
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -168,6 +187,7 @@ async def start_server_process(
         *args, cwd=cwd, env=full_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
     output: list[str] = []
+    SERVER_OUTPUTS.append(output)  # checked for tokens and secrets at the end of the session
     is_ready = asyncio.Event()
 
     async def read() -> None:
@@ -351,3 +371,63 @@ async def raw_subscriber(
 
         await eventually(joined, what=f"{members} connection(s) in {room}")
         yield raw
+
+
+# --- no token or secret in any log ------------------------------------------------------------
+# apps/api/conftest.py captures every log record of the test session (LogCapture on the root
+# logger) and, at its end, fails if any of them, or anything a server process started with
+# start_server_process printed, shows a token make_token made or a registered secret.
+
+#: Every token make_token made in this session.
+ISSUED_TOKENS: set[str] = set()
+#: Secrets no log may show: TEST_SECRET, every secret make_token signed with, and those tests register.
+SECRETS: set[str] = set()
+#: The output of every server process started in this session (each ServerProcess.output).
+SERVER_OUTPUTS: list[list[str]] = []
+
+
+def register_secret(secret: str) -> str:
+    """Have the session's log check look for ``secret`` too; returns it. Placeholder-like values
+    (short ones, one character repeated, the published development default) are left out: they
+    could appear in a log for other reasons, and protect nothing."""
+    from apps.api.config import DEFAULT_JWT_SECRET
+
+    if len(secret) >= 8 and len(set(secret)) >= 4 and secret != DEFAULT_JWT_SECRET:
+        SECRETS.add(secret)
+    return secret
+
+
+register_secret(TEST_SECRET)
+
+#: Runs of base64url characters: a JWT's segments, each a run of its own between its dots.
+_BASE64URL_RUN = re.compile(r"[A-Za-z0-9_-]{16,}")
+
+
+class LogCapture(logging.Handler):
+    """Keeps each record as ``LOG_FORMAT=json`` would write it (message, context, traceback) after
+    the service's token redaction, which its handlers apply too; the record itself is not changed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.lines: list[str] = []
+        self._formatter = JsonFormatter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            copy = logging.makeLogRecord(vars(record))
+            copy.msg, copy.args = redact(record.getMessage()), ()
+            self.lines.append(self._formatter.format(copy))
+        except Exception:
+            self.handleError(record)
+
+
+def leaked_secrets(texts: Iterable[str]) -> list[str]:
+    """The texts that show a token of ISSUED_TOKENS (its payload or signature is enough) or one of
+    SECRETS. Tokens are found by their base64url runs, looked up in a set: fast for any number."""
+    pieces = {part for token in ISSUED_TOKENS for part in token.split(".")[1:] if len(part) >= 16}
+    secrets = sorted(SECRETS)
+    found = []
+    for text in texts:
+        if any(run in pieces for run in _BASE64URL_RUN.findall(text)) or any(s in text for s in secrets):
+            found.append(text)
+    return found

@@ -1,15 +1,23 @@
-"""Settings: environment variables as the card names them; production refuses weak secrets."""
+"""Settings: environment variables as the card names them, or files in SECRETS_DIR; production
+refuses weak secrets; a refusal names the setting and never its value."""
 
 from __future__ import annotations
 
-import pytest
-from pydantic import ValidationError
+import warnings
+from pathlib import Path
 
+import pytest
+from pydantic import SecretStr, ValidationError, field_validator
+
+from apps.api import config
 from apps.api.config import Settings
+from apps.api.settings_errors import describe
+
+NAMES = ("JWT_SECRET_KEY", "ENVIRONMENT", "CORS_ORIGINS", "REDIS_URL", "LOG_FILE", "WORKERS", "DATABASE_URL")
 
 
 def settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
-    for name in ("JWT_SECRET_KEY", "ENVIRONMENT", "CORS_ORIGINS", "REDIS_URL", "LOG_FILE", "WORKERS", "DATABASE_URL"):
+    for name in (*NAMES, "SECRETS_DIR", "PORT"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -99,3 +107,133 @@ def test_an_empty_secret_is_refused_everywhere(monkeypatch):
     for environment in ("development", "production"):
         with pytest.raises(ValidationError, match="JWT_SECRET_KEY is empty"):
             settings(monkeypatch, ENVIRONMENT=environment, JWT_SECRET_KEY="")
+
+
+# --- settings from files (SECRETS_DIR, /run/secrets) --------------------------------------------
+
+SECRET = "s" * 40
+
+
+def secrets_dir(tmp_path: Path, **files: str) -> Path:
+    directory = tmp_path / "secrets"
+    directory.mkdir()
+    for name, value in files.items():
+        (directory / name).write_text(value + "\n")  # as `echo` or Kubernetes writes them
+    return directory
+
+
+def test_a_setting_comes_from_the_file_named_after_it(monkeypatch, tmp_path: Path):
+    directory = secrets_dir(tmp_path, jwt_secret_key=SECRET, database_url="postgresql+asyncpg://u:pw@db/events")
+    s = settings(monkeypatch, SECRETS_DIR=str(directory), ENVIRONMENT="production")
+    assert s.jwt_secret_key.get_secret_value() == SECRET  # the trailing newline is not part of it
+    assert s.database_url == "postgresql+asyncpg://u:pw@db/events"
+    assert s.environment == "production"
+
+
+def test_the_environment_and_dotenv_win_over_a_secret_file(monkeypatch, tmp_path: Path):
+    directory = secrets_dir(tmp_path, jwt_secret_key=SECRET, cors_origins="https://file.example")
+    from_env = "e" * 40
+    s = settings(monkeypatch, SECRETS_DIR=str(directory), JWT_SECRET_KEY=from_env)
+    assert s.jwt_secret_key.get_secret_value() == from_env
+    assert s.cors_origins == ["https://file.example"]
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("CORS_ORIGINS=https://dotenv.example\n")
+    s = Settings(_env_file=dotenv)  # type: ignore[call-arg]
+    assert s.cors_origins == ["https://dotenv.example"]
+
+
+def test_the_default_secrets_dir_is_read_when_it_exists_and_skipped_silently_when_not(monkeypatch, tmp_path: Path):
+    assert config.DEFAULT_SECRETS_DIR == "/run/secrets"  # where Docker and Compose mount secrets
+    monkeypatch.setattr(config, "DEFAULT_SECRETS_DIR", str(secrets_dir(tmp_path, jwt_secret_key=SECRET)))
+    assert settings(monkeypatch).jwt_secret_key.get_secret_value() == SECRET
+    monkeypatch.setattr(config, "DEFAULT_SECRETS_DIR", str(tmp_path / "absent"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # outside a container: no "directory does not exist" each start
+        assert settings(monkeypatch).jwt_secret_key.get_secret_value() == config.DEFAULT_JWT_SECRET
+
+
+def test_an_empty_secrets_dir_turns_the_files_off_and_a_missing_one_named_is_reported(monkeypatch, tmp_path: Path):
+    monkeypatch.setattr(config, "DEFAULT_SECRETS_DIR", str(secrets_dir(tmp_path, jwt_secret_key=SECRET)))
+    assert settings(monkeypatch, SECRETS_DIR="").jwt_secret_key.get_secret_value() == config.DEFAULT_JWT_SECRET
+    with pytest.warns(UserWarning, match="does not exist"):
+        settings(monkeypatch, SECRETS_DIR=str(tmp_path / "absent"))
+
+
+def test_a_secret_file_is_checked_as_the_variable_would_be(monkeypatch, tmp_path: Path):
+    directory = secrets_dir(tmp_path, jwt_secret_key="tiny-secret")
+    with pytest.raises(ValidationError) as info:
+        settings(monkeypatch, SECRETS_DIR=str(directory), ENVIRONMENT="production")
+    assert describe(info.value) == [
+        "invalid setting JWT_SECRET_KEY: shorter than 32 bytes; refusing to start with ENVIRONMENT=production"
+    ]
+
+
+# --- what a refusal says ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "line", "hidden"),
+    [
+        (
+            {"ENVIRONMENT": "production", "JWT_SECRET_KEY": "tiny-secret"},
+            "invalid setting JWT_SECRET_KEY: shorter than 32 bytes; refusing to start with ENVIRONMENT=production",
+            "tiny-secret",
+        ),
+        (
+            {"ENVIRONMENT": "production", "JWT_SECRET_KEY": SECRET, "CORS_ORIGINS": "*"},
+            "invalid setting CORS_ORIGINS: CORS_ORIGINS='*' is refused with ENVIRONMENT=production; list the origins",
+            SECRET,
+        ),
+        (
+            {"REDIS_URL": "http://:hunter2-redis@cache:6379/0"},
+            "invalid setting REDIS_URL: must start with one of redis://, rediss://, unix://",
+            "hunter2-redis",
+        ),
+        (
+            {"DATABASE_URL": "mysql://events:hunter2-db@db/events"},
+            "invalid setting DATABASE_URL: must be a sqlite+aiosqlite:///<file> or postgresql+asyncpg://",
+            "hunter2-db",
+        ),
+        ({"PORT": "abc"}, "invalid setting PORT: Input should be a valid integer", "abc"),
+    ],
+    ids=["short-secret", "cors-star", "redis-url", "database-url", "port"],
+)
+def test_a_refusal_is_one_line_naming_the_setting_without_its_value(monkeypatch, env, line, hidden):
+    with pytest.raises(ValidationError) as info:
+        settings(monkeypatch, **env)
+    assert hidden in str(info.value.errors())  # what pydantic reports holds it (input_value=...)
+    lines = describe(info.value)
+    assert len(lines) == 1 and lines[0].startswith(line), lines
+    assert hidden not in lines[0]
+
+
+def test_every_refused_setting_gets_its_line(monkeypatch):
+    with pytest.raises(ValidationError) as info:
+        settings(monkeypatch, PORT="abc", WORKERS="zero", ENVIRONMENT="staging")
+    lines = describe(info.value)
+    assert [line.split(":")[0] for line in lines] == [
+        "invalid setting ENVIRONMENT",
+        "invalid setting PORT",
+        "invalid setting WORKERS",
+    ]
+
+
+class Quoting(Settings):
+    """A validator that (wrongly) quotes what it refuses: the line still never shows a secret."""
+
+    @field_validator("jwt_secret_key", "redis_url")
+    @classmethod
+    def _quote(cls, value: object) -> object:
+        shown = value.get_secret_value() if isinstance(value, SecretStr) else value
+        raise ValueError(f"{shown!r} is refused")
+
+
+def test_a_message_that_quotes_a_secret_or_a_password_is_redacted(monkeypatch):
+    secret, password = "quoted-" + "q" * 30, "quoted-password"
+    monkeypatch.setenv("JWT_SECRET_KEY", secret)
+    monkeypatch.setenv("REDIS_URL", f"redis://:{password}@cache:6379/0")
+    with pytest.raises(ValidationError) as info:
+        Quoting(_env_file=None)  # type: ignore[call-arg]
+    lines = describe(info.value)
+    assert len(lines) == 2 and all("[redacted]" in line for line in lines), lines
+    assert secret not in "".join(lines) and password not in "".join(lines)

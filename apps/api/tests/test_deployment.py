@@ -1,5 +1,5 @@
 """The deployment files (Dockerfile, .dockerignore, docker-compose.yml, deploy/nginx.conf,
-websocket-deployment.yaml) checked against the code they deploy.
+deploy/init-secrets.sh, websocket-deployment.yaml) checked against the code they deploy.
 
 No Docker engine or Kubernetes cluster runs where these tests run, so they check what can be
 checked without one: every setting the files give is a real setting that validates, ports, probe
@@ -9,16 +9,22 @@ with the files' environment serves /health and /ready, and passes the files' hea
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.metadata
+import ipaddress
 import json
+import os
 import re
 import shlex
+import shutil
+import stat
 import subprocess
 import sys
+from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 import pytest
@@ -26,24 +32,32 @@ import uvicorn
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from pydantic import ValidationError
 
-from apps.api.config import Settings
-from apps.api.tests.redis_support import isolation
-from apps.api.tests.support import REPO_ROOT, TEST_SECRET, WsClient, free_port, make_token, start_server_process
+from apps.api.config import DEFAULT_SECRETS_DIR, Settings
+from apps.api.tests.redis_support import RedisProcess, isolation
+from apps.api.tests.support import (
+    REPO_ROOT,
+    TEST_SECRET,
+    WsClient,
+    eventually,
+    free_port,
+    make_token,
+    start_server_process,
+)
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 K8S_FILE = REPO_ROOT / "websocket-deployment.yaml"
 NGINX_CONF = REPO_ROOT / "deploy" / "nginx.conf"
+INIT_SECRETS = REPO_ROOT / "deploy" / "init-secrets.sh"
 
 IMAGE = "swe-api"
 PORT = 8000
 #: Environment variable names the service reads: Settings' fields, upper-cased.
 SETTINGS_ENV = {name.upper() for name in Settings.model_fields}
 #: Variables the files may set that Settings does not read, and who reads them.
-OTHER_ENV = {"FORWARDED_ALLOW_IPS": "uvicorn"}
+OTHER_ENV = {"FORWARDED_ALLOW_IPS": "uvicorn", "REDIS_PASSWORD": "Kubernetes, for $(REDIS_PASSWORD) in REDIS_URL"}
 #: The Engine.IO heartbeat: a proxy must not cut a connection idle for less than this.
 HEARTBEAT_SECONDS = Settings.model_fields["ping_interval_seconds"].default + (
     Settings.model_fields["ping_timeout_seconds"].default
@@ -53,6 +67,14 @@ REDIS_TIMEOUT_SECONDS = Settings.model_fields["redis_timeout_seconds"].default
 SHUTDOWN_TIMEOUT_DEFAULT = Settings.model_fields["shutdown_timeout_seconds"].default
 #: A secret as websocket-deployment.yaml says to make one: openssl rand -hex 32.
 PRODUCTION_SECRET = "0123456789abcdef" * 4
+#: The Secret websocket-deployment.yaml's header says to create, as `kubectl create secret` would.
+K8S_SECRETS = {
+    "swe-api-secrets": {
+        "jwt-secret-key": PRODUCTION_SECRET,
+        "redis-password": "fedcba9876543210" * 4,
+        "database-url": "postgresql+asyncpg://events:pw@db.example:5432/events",
+    }
+}
 
 
 # --- reading the files -------------------------------------------------------------------------
@@ -177,6 +199,36 @@ def config_map() -> dict[str, str]:
     return dict(k8s("ConfigMap", ref["configMapRef"]["name"])["data"])
 
 
+_K8S_REFERENCE = re.compile(r"\$\$|\$\((?P<name>[A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def container_env(container: dict[str, Any], secrets: dict[str, dict[str, str]] | None = None) -> dict[str, str]:
+    """A container's environment as the kubelet makes it: ``envFrom`` ConfigMaps, then ``env`` in
+    order, ``secretKeyRef`` read from ``secrets`` (an optional one that is missing is left out),
+    and ``$(NAME)`` replaced by an earlier variable (``$$`` is a ``$``; an unknown name stays)."""
+    secrets = K8S_SECRETS if secrets is None else secrets
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(k8s("ConfigMap", source["configMapRef"]["name"])["data"])
+    for item in container.get("env", []):
+        if "value" in item:
+            value = _K8S_REFERENCE.sub(lambda m: "$" if m[0] == "$$" else env.get(m["name"], m[0]), str(item["value"]))
+        else:
+            ref = item["valueFrom"]["secretKeyRef"]
+            found = secrets.get(ref["name"], {}).get(ref["key"])
+            if found is None:
+                assert ref.get("optional"), f"{item['name']}: Secret {ref['name']} has no key {ref['key']}"
+                continue
+            value = found
+        env[item["name"]] = value
+    return env
+
+
+def expand_args(args: list[str], env: dict[str, str]) -> list[str]:
+    """A container's ``args`` with ``$(NAME)`` replaced from its environment, as the kubelet does."""
+    return [_K8S_REFERENCE.sub(lambda m: "$" if m[0] == "$$" else env.get(m["name"], m[0]), arg) for arg in args]
+
+
 def named_port(container: dict[str, Any], port: int | str) -> int:
     if isinstance(port, int):
         return port
@@ -258,12 +310,147 @@ def nginx_directives(*path: str) -> dict[str, list[str]]:
 
 
 def settings_from_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Settings:
-    """Settings exactly as the service reads these environment variables (and nothing else)."""
+    """Settings exactly as the service reads these environment variables (and nothing else: no
+    secret files unless ``env`` names a SECRETS_DIR)."""
     for name in SETTINGS_ENV:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SECRETS_DIR", "")
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def secrets_service() -> dict[str, Any]:
+    service: dict[str, Any] = compose()["services"]["secrets"]
+    return service
+
+
+def mount_of(service: dict[str, Any], volume: str) -> tuple[str, str]:
+    """Where ``service`` mounts the named ``volume``: (path, options)."""
+    found = [v.split(":") for v in service.get("volumes", []) if v.split(":")[0] == volume]
+    assert len(found) == 1, f"expected one mount of {volume}: {service.get('volumes')}"
+    path, *options = found[0][1:]
+    return path, ",".join(options)
+
+
+def run_init_secrets(directory: Path, environ: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The compose service `secrets`, run here: its command (the script it mounts, mapped back to
+    deploy/), its environment as `docker-compose up` gives it from a shell with ``environ``, and
+    ``directory`` in place of the volume. The files belong to this user (the image's 10001 and
+    postgres's 70 need root to give them to)."""
+    service = secrets_service()
+    command = list(service["command"])
+    mounted = {target: source for source, target, *_ in (v.split(":") for v in service["volumes"]) if source[0] == "."}
+    volume_path, _ = mount_of(service, "secrets")
+    command = [str(REPO_ROOT / mounted[arg]) if arg in mounted else arg for arg in command]
+    command = [str(directory) if arg == volume_path else arg for arg in command]
+    assert command[0] == "sh" and shutil.which("sh"), command
+    env = {name: interpolate(value, environ or {}) for name, value in service["environment"].items()}
+    owner = f"{os.getuid()}:{os.getgid()}"
+    env.update({"PATH": os.environ.get("PATH", ""), "SECRETS_API_OWNER": owner, "SECRETS_POSTGRES_OWNER": owner})
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=30, check=True)
+
+
+def read_secret(directory: Path, name: str) -> str:
+    return (directory / name).read_text().strip()
+
+
+# --- NetworkPolicies, evaluated as the API defines them ------------------------------------------
+
+#: The namespace everything is applied in (the manifest names none: the current one).
+NAMESPACE = {"kubernetes.io/metadata.name": "events"}
+
+
+@dataclass
+class Peer:
+    """One end of a connection: a pod (its labels and its namespace's) or an address outside."""
+
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    namespace: dict[str, str] = dataclasses.field(default_factory=lambda: dict(NAMESPACE))
+    ip: str | None = None  # set: an address outside the cluster
+
+    @property
+    def is_pod(self) -> bool:
+        return self.ip is None
+
+
+def network_policies() -> list[dict[str, Any]]:
+    return [doc for doc in k8s_documents() if doc["kind"] == "NetworkPolicy"]
+
+
+def policy_types(policy: dict[str, Any]) -> list[str]:
+    spec = policy["spec"]
+    return list(spec.get("policyTypes") or (["Ingress"] + (["Egress"] if "egress" in spec else [])))
+
+
+def label_selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, f"matchExpressions are not modelled here: {selector}"
+    return selects(selector.get("matchLabels", {}), labels)
+
+
+def peer_matches(rule_peer: dict[str, Any], peer: Peer) -> bool:
+    if "ipBlock" in rule_peer:
+        if peer.is_pod:  # for pod addresses ipBlock is up to the network plugin: never counted on here
+            return False
+        block = rule_peer["ipBlock"]
+        address = ipaddress.ip_address(peer.ip or "")
+        network = ipaddress.ip_network(block["cidr"])
+        excepted = [ipaddress.ip_network(e) for e in block.get("except", [])]
+        return (
+            address.version == network.version
+            and address in network
+            and not any(address.version == e.version and address in e for e in excepted)
+        )
+    if not peer.is_pod:
+        return False
+    pods, namespaces = rule_peer.get("podSelector"), rule_peer.get("namespaceSelector")
+    if namespaces is None and not selects(NAMESPACE, peer.namespace):
+        return False  # a podSelector alone selects pods of the policy's own namespace
+    if namespaces is not None and not label_selector_matches(namespaces, peer.namespace):
+        return False
+    return pods is None or label_selector_matches(pods, peer.labels)
+
+
+def port_matches(rule_ports: list[dict[str, Any]] | None, port: int, protocol: str) -> bool:
+    if not rule_ports:
+        return True
+    for entry in rule_ports:
+        assert isinstance(entry.get("port"), int), f"give NetworkPolicy ports as numbers: {entry}"
+        if entry.get("protocol", "TCP") == protocol and entry["port"] <= port <= entry.get("endPort", entry["port"]):
+            return True
+    return False
+
+
+def allowed_by(direction: str, pod: Peer, other: Peer, port: int, protocol: str) -> bool:
+    """Whether ``pod``'s policies allow the connection in ``direction`` ("Ingress": ``other``
+    connects to ``pod``; "Egress": ``pod`` connects to ``other``), on ``port``."""
+    applying = [
+        policy
+        for policy in network_policies()
+        if direction in policy_types(policy) and label_selector_matches(policy["spec"]["podSelector"], pod.labels)
+    ]
+    if not pod.is_pod or not selects(NAMESPACE, pod.namespace) or not applying:
+        return True  # not isolated in that direction (or not ours)
+    key, peers_key = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
+    for policy in applying:
+        for rule in policy["spec"].get(key) or []:
+            peers = rule.get(peers_key)
+            if (not peers or any(peer_matches(p, other) for p in peers)) and port_matches(
+                rule.get("ports"), port, protocol
+            ):
+                return True
+    return False
+
+
+def connects(source: Peer, destination: Peer, port: int, protocol: str = "TCP") -> bool:
+    """Both ends' policies allow ``source`` to open a connection to ``destination``:``port``."""
+    return allowed_by("Egress", source, destination, port, protocol) and allowed_by(
+        "Ingress", destination, source, port, protocol
+    )
+
+
+def pod_of(kind: str, name: str) -> Peer:
+    return Peer(labels=dict(k8s(kind, name)["spec"]["template"]["metadata"]["labels"]))
 
 
 # --- Dockerfile and .dockerignore --------------------------------------------------------------
@@ -288,6 +475,7 @@ def test_dockerfile_builds_the_runtime_image_and_runs_main_py():
     assert ["apps/", "./apps/"] in copies.values()
 
     env = dockerfile_env()
+    assert env["ENVIRONMENT"] == "production"  # production unless told otherwise (-e ENVIRONMENT=...)
     assert env["LOG_FILE"] == ""  # stderr only
     assert env["HOST"] == "0.0.0.0"
     assert int(env["PORT"]) == PORT == Settings.model_fields["port"].default
@@ -365,13 +553,14 @@ def test_compose_api_builds_the_image_and_waits_for_redis():
     assert api["image"] == IMAGE
     assert api["ports"] == [f"{PORT}:{PORT}"]
     assert api["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert api["depends_on"]["secrets"]["condition"] == "service_completed_successfully"
     assert "command" not in api and "entrypoint" not in api  # it runs the image's CMD
 
 
-def test_plain_compose_up_starts_redis_postgres_and_api_only():
+def test_plain_compose_up_starts_secrets_redis_postgres_and_api_only():
     spec = compose()
     default = {name for name, svc in spec["services"].items() if not svc.get("profiles")}
-    assert default == {"redis", "postgres", "api"}
+    assert default == {"secrets", "redis", "postgres", "api"}
     for name in default:
         assert set(spec["services"][name].get("depends_on", {})) <= default
     published = [p.split(":")[0] for svc in spec["services"].values() for p in svc.get("ports", [])]
@@ -379,7 +568,9 @@ def test_plain_compose_up_starts_redis_postgres_and_api_only():
 
 
 @pytest.mark.parametrize("name", sorted(app_services(compose())))
-def test_compose_settings_are_real_settings_and_reach_the_redis_service(name: str, monkeypatch: pytest.MonkeyPatch):
+def test_compose_settings_are_real_settings_and_reach_the_redis_service(
+    name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
     spec = compose()
     service = spec["services"][name]
     env = compose_environment(service)
@@ -389,8 +580,19 @@ def test_compose_settings_are_real_settings_and_reach_the_redis_service(name: st
     assert url.scheme == "redis" and url.hostname in spec["services"] and url.port == 6379
     assert spec["services"][url.hostname]["image"].startswith("redis:")
     assert service["depends_on"][url.hostname]["condition"] == "service_healthy"
-    # every instance shares one PostgreSQL, which keeps its data in a volume
-    database = urlsplit(env["DATABASE_URL"])
+
+    # The secrets: files in the `secrets` volume, at the directory the service reads by default,
+    # written before it starts; no variable of the environment would hide them.
+    assert mount_of(service, "secrets") == (DEFAULT_SECRETS_DIR, "ro")
+    assert service["depends_on"]["secrets"]["condition"] == "service_completed_successfully"
+    assert not {"JWT_SECRET_KEY", "DATABASE_URL", "SECRETS_DIR"} & set(env)
+    secrets = tmp_path / "secrets"
+    run_init_secrets(secrets)
+
+    # every instance shares one PostgreSQL, which keeps its data in a volume, and its password
+    # in the secrets volume: the same as in the api's DATABASE_URL
+    settings = settings_from_env(monkeypatch, {**env, "SECRETS_DIR": str(secrets)})
+    database = urlsplit(settings.database_url)
     assert database.scheme == "postgresql+asyncpg" and database.hostname in spec["services"]
     postgres = spec["services"][database.hostname]
     assert postgres["image"].startswith("postgres:") and service["depends_on"][database.hostname]["condition"] == (
@@ -398,16 +600,22 @@ def test_compose_settings_are_real_settings_and_reach_the_redis_service(name: st
     )
     assert postgres["volumes"][0].split(":")[0] in spec["volumes"] and "ports" not in postgres
     pg_env = {k: interpolate(str(v), {}) for k, v in postgres["environment"].items()}
-    assert (database.username, database.password, database.path) == (
+    assert "POSTGRES_PASSWORD" not in pg_env
+    mounted, _ = mount_of(postgres, "secrets")
+    password_file = Path(pg_env["POSTGRES_PASSWORD_FILE"])
+    assert password_file.parent == Path(mounted)
+    assert (database.username, database.password, database.path, database.port) == (
         pg_env["POSTGRES_USER"],
-        pg_env["POSTGRES_PASSWORD"],
+        read_secret(secrets, password_file.name),
         "/" + pg_env["POSTGRES_DB"],
+        5432,
     )
     assert "build" in service or any("build" in spec["services"][dep] for dep in service["depends_on"])
 
-    # The values as `docker-compose up` gives them, with no setup: they validate and run in development.
-    settings = settings_from_env(monkeypatch, env)
-    assert settings.environment == "development" and settings.log_file is None and settings.workers == 1
+    # The values as `docker-compose up` gives them, with no setup: they validate and run in production.
+    assert settings.environment == "production" and settings.log_file is None and settings.workers == 1
+    assert settings.jwt_secret_key.get_secret_value() == read_secret(secrets, "jwt_secret_key")
+    assert "*" not in settings.cors_origins
     assert seconds(service["stop_grace_period"]) > settings.shutdown_timeout_seconds
 
     healthcheck = service["healthcheck"]
@@ -415,15 +623,89 @@ def test_compose_settings_are_real_settings_and_reach_the_redis_service(name: st
     assert seconds(healthcheck["timeout"]) > REDIS_TIMEOUT_SECONDS  # /ready's Redis ping is bounded by it
 
 
-def test_compose_default_secret_is_refused_in_production(monkeypatch: pytest.MonkeyPatch):
-    """The file says: set JWT_SECRET_KEY and ENVIRONMENT=production for a real deployment. Setting
-    only ENVIRONMENT must not start with the development secret written in the file."""
-    env = compose_environment(compose()["services"]["api"])
-    with pytest.raises(ValidationError, match="JWT_SECRET_KEY"):
-        settings_from_env(monkeypatch, {**env, "ENVIRONMENT": "production"})
-    env = {name: interpolate(value, {"ENVIRONMENT": "production", "JWT_SECRET_KEY": PRODUCTION_SECRET})
-           for name, value in compose()["services"]["api"]["environment"].items()}  # fmt: skip
-    assert settings_from_env(monkeypatch, env).environment == "production"
+#: What the compose file may take from the shell, and what happens with nothing set.
+_DEFAULTED = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*):?-(?P<default>[^}]*)\}")
+SECRET_NAMES = ("JWT_SECRET_KEY", "POSTGRES_PASSWORD", "DATABASE_URL", "GITHUB_WEBHOOK_SECRET", "REDIS_URL")
+
+
+def test_compose_holds_no_secret_and_defaults_to_production():
+    """No secret value is written in the file, as a value or as a default: secrets come from the
+    shell or .env when given, else from the `secrets` volume. What is defaulted is production."""
+    text = COMPOSE_FILE.read_text()
+    for match in _DEFAULTED.finditer(text):
+        if any(word in match["name"] for word in ("SECRET", "PASSWORD", "KEY", "TOKEN")):
+            assert match["default"] == "", f"{match[0]}: a secret's default is written in the file"
+    assert "ENVIRONMENT: ${ENVIRONMENT:-production}" in text
+    assert "development-only" not in text and "change-me" not in text
+    spec = compose()
+    for name, service in spec["services"].items():
+        for variable, value in (service.get("environment") or {}).items():
+            if variable in SECRET_NAMES and variable != "REDIS_URL":
+                assert interpolate(value) == "", f"{name}: {variable} has a value in the file"
+            if variable == "REDIS_URL":
+                assert urlsplit(interpolate(value)).password is None
+    # a secret given in the shell goes through the one-shot service, never straight to the api
+    given = secrets_service()["environment"]
+    assert given["JWT_SECRET_KEY"] == "${JWT_SECRET_KEY:-}" and given["POSTGRES_PASSWORD"] == "${POSTGRES_PASSWORD:-}"
+
+
+def test_compose_secrets_service_writes_the_volume_once_before_the_others_start():
+    spec = compose()
+    service = secrets_service()
+    assert service["image"].startswith("alpine:")  # sh, od, chown: busybox
+    assert service["restart"] == "no" and service.get("network_mode") == "none"  # it needs no network
+    assert "secrets" in spec["volumes"] and mount_of(service, "secrets")[1] == ""  # read-write here only
+    script = [v.split(":") for v in service["volumes"] if v.startswith("./")]
+    assert script == [["./deploy/init-secrets.sh", service["command"][1], "ro"]]
+    assert (REPO_ROOT / script[0][0]).is_file()
+    assert service["command"][2] == mount_of(service, "secrets")[0]
+    for name in ("postgres", *app_services(spec)):
+        other = spec["services"][name]
+        assert other["depends_on"]["secrets"]["condition"] == "service_completed_successfully", name
+        assert mount_of(other, "secrets")[1] == "ro", name
+    # what the script builds DATABASE_URL from is the database postgres creates
+    postgres = spec["services"]["postgres"]["environment"]
+    assert (service["environment"]["POSTGRES_USER"], service["environment"]["POSTGRES_DB"]) == (
+        postgres["POSTGRES_USER"],
+        postgres["POSTGRES_DB"],
+    )
+    assert service["environment"]["POSTGRES_HOST"] == "postgres"
+
+
+def test_init_secrets_generates_once_keeps_and_lets_the_shell_win(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    directory = tmp_path / "volume"
+    first = run_init_secrets(directory)
+    generated = {name: read_secret(directory, name) for name in ("jwt_secret_key", "postgres_password")}
+    for value in generated.values():
+        assert re.fullmatch(r"[0-9a-f]{64}", value)  # 32 random bytes, as openssl rand -hex 32
+    assert generated["jwt_secret_key"] != generated["postgres_password"]
+    assert "jwt_secret_key generated" in first.stdout and "postgres_password generated" in first.stdout
+
+    # each reader, and only it, can read its files; nothing else is left in the volume
+    for name in ("jwt_secret_key", "postgres_password", "database_url"):
+        assert stat.S_IMODE((directory / name).stat().st_mode) == 0o400, name
+    assert sorted(path.name for path in directory.iterdir()) == ["database_url", "jwt_secret_key", "postgres_password"]
+
+    again = run_init_secrets(directory)  # the next `docker-compose up`
+    assert {name: read_secret(directory, name) for name in generated} == generated
+    assert "jwt_secret_key kept" in again.stdout and "postgres_password kept" in again.stdout
+
+    odd = "p@ss:w/rd %&?#"
+    given = run_init_secrets(directory, {"JWT_SECRET_KEY": PRODUCTION_SECRET, "POSTGRES_PASSWORD": odd})
+    assert read_secret(directory, "jwt_secret_key") == PRODUCTION_SECRET
+    assert read_secret(directory, "postgres_password") == odd
+    assert "set from the environment" in given.stdout
+    settings = settings_from_env(monkeypatch, {"ENVIRONMENT": "production", "SECRETS_DIR": str(directory)})
+    url = urlsplit(settings.database_url)
+    assert url.password is not None and unquote(url.password) == odd  # percent-encoded in the URL
+    from sqlalchemy.engine import make_url
+
+    assert make_url(settings.database_url).password == odd  # as the service's engine reads it
+    assert settings.jwt_secret_key.get_secret_value() == PRODUCTION_SECRET
+
+    for run in (first, again, given):  # the script never prints a secret
+        for secret in (*generated.values(), PRODUCTION_SECRET, odd, quote(odd, safe="")):
+            assert secret not in run.stdout + run.stderr
 
 
 def test_compose_scaled_profile_puts_nginx_in_front_of_every_instance():
@@ -495,6 +777,18 @@ def test_k8s_manifest_is_in_the_current_namespace_and_holds_no_secret():
     assert '--from-literal=database-url="postgresql+asyncpg://' in header
     assert "DATABASE_URL" not in config_map()
     assert "openssl rand -hex 32" in header  # 32 random bytes: long enough for production
+    # Redis's password: from the same Secret, for Redis and for the api's REDIS_URL; never in the
+    # ConfigMap, and in the Deployment only as $(REDIS_PASSWORD)
+    assert '--from-literal=redis-password="$(openssl rand -hex 32)"' in header
+    assert "REDIS_URL" not in config_map() and "REDIS_PASSWORD" not in config_map()
+    (password_env,) = [e for e in api_container()["env"] if e["name"] == "REDIS_PASSWORD"]
+    ref = password_env["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == ("swe-api-secrets", "redis-password") and not ref.get("optional")
+    (url_env,) = [e for e in api_container()["env"] if e["name"] == "REDIS_URL"]
+    assert urlsplit(url_env["value"]).password == "$(REDIS_PASSWORD)"
+    # $(NAME) is replaced only by a variable defined before it in the list
+    names = [e["name"] for e in api_container()["env"]]
+    assert names.index("REDIS_PASSWORD") < names.index("REDIS_URL")
 
 
 def test_k8s_settings_are_real_settings_and_valid_in_production(monkeypatch: pytest.MonkeyPatch):
@@ -502,8 +796,13 @@ def test_k8s_settings_are_real_settings_and_valid_in_production(monkeypatch: pyt
     names = set(data) | {e["name"] for e in api_container()["env"]}
     for name in names:
         assert name in SETTINGS_ENV or name in OTHER_ENV, f"{name} is read by nothing"
-    settings = settings_from_env(monkeypatch, {**data, "JWT_SECRET_KEY": PRODUCTION_SECRET})
+    env = container_env(api_container())  # the ConfigMap, the Secret's values, $(REDIS_PASSWORD) replaced
+    assert "$(" not in "".join(env.values())
+    settings = settings_from_env(monkeypatch, env)
     assert settings.environment == "production"
+    assert settings.jwt_secret_key.get_secret_value() == K8S_SECRETS["swe-api-secrets"]["jwt-secret-key"]
+    redis = urlsplit(settings.redis_url or "")
+    assert redis.password == K8S_SECRETS["swe-api-secrets"]["redis-password"] and redis.hostname == "swe-redis"
     assert settings.log_file is None
     assert "*" not in settings.cors_origins
     # Per-pod affinity cannot reach separate worker processes of one pod: one worker, more replicas.
@@ -511,7 +810,9 @@ def test_k8s_settings_are_real_settings_and_valid_in_production(monkeypatch: pyt
 
 
 def test_forwarded_allow_ips_is_read_by_uvicorn(monkeypatch: pytest.MonkeyPatch):
-    assert OTHER_ENV == {"FORWARDED_ALLOW_IPS": "uvicorn"}
+    assert OTHER_ENV["FORWARDED_ALLOW_IPS"] == "uvicorn"
+    assert set(OTHER_ENV) == {"FORWARDED_ALLOW_IPS", "REDIS_PASSWORD"}
+    assert all(name not in SETTINGS_ENV for name in OTHER_ENV)
     monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")
     assert uvicorn.Config(app=None).forwarded_allow_ips == "*"
 
@@ -556,7 +857,7 @@ def test_k8s_api_runs_as_the_images_non_root_user():
 
 
 def test_k8s_redis_is_persistent_and_is_what_redis_url_names():
-    url = urlsplit(config_map()["REDIS_URL"])
+    url = urlsplit(container_env(api_container())["REDIS_URL"])
     service = k8s("Service", url.hostname)
     statefulset = k8s("StatefulSet", url.hostname)
     (port,) = service["spec"]["ports"]
@@ -571,6 +872,153 @@ def test_k8s_redis_is_persistent_and_is_what_redis_url_names():
     assert args[args.index("--appendonly") + 1] == "yes"
     (claim,) = statefulset["spec"]["volumeClaimTemplates"]
     assert {"name": claim["metadata"]["name"], "mountPath": "/data"} in container["volumeMounts"]
+
+
+def test_k8s_redis_requires_the_password_the_api_connects_with():
+    """Redis's requirepass and the password in the api's REDIS_URL are the Secret's one key; the
+    readiness probe's redis-cli authenticates with it too (REDISCLI_AUTH)."""
+    (container,) = k8s("StatefulSet", "swe-redis")["spec"]["template"]["spec"]["containers"]
+    assert "command" not in container  # the image's entrypoint: it drops to the redis user
+    env = container_env(container)
+    args = expand_args(container["args"], env)
+    assert args[0] == "redis-server"
+    password = K8S_SECRETS["swe-api-secrets"]["redis-password"]
+    assert args[args.index("--requirepass") + 1] == password
+    assert container["args"][container["args"].index("--requirepass") + 1] == "$(REDIS_PASSWORD)"  # not the value
+    assert env["REDISCLI_AUTH"] == password
+    assert "redis-cli ping" in " ".join(container["readinessProbe"]["exec"]["command"])
+    api_password = urlsplit(container_env(api_container())["REDIS_URL"]).password
+    assert api_password == password
+
+
+async def test_k8s_redis_and_api_with_the_manifests_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """redis-server started with the StatefulSet's arguments, and the service as the image starts
+    it with the Deployment's environment (its REDIS_URL pointed at that server): ready, and the
+    password in no log line. The same service with another password is not ready."""
+    monkeypatch.delenv("JWT_SECRET_KEY", raising=False)
+    (container,) = k8s("StatefulSet", "swe-redis")["spec"]["template"]["spec"]["containers"]
+    args = expand_args(container["args"], container_env(container))
+    password = K8S_SECRETS["swe-api-secrets"]["redis-password"]
+    redis = RedisProcess(free_port(), str(tmp_path), extra_args=tuple(args[1:]))
+    await redis.start()
+    try:
+        for secret, expected in ((password, 200), ("0" * 64, 503)):
+            secrets = {"swe-api-secrets": {**K8S_SECRETS["swe-api-secrets"], "redis-password": secret}}
+            env = container_env(api_container(), secrets)
+            url = urlsplit(env["REDIS_URL"])
+            port = free_port()
+            env.update(HOST="127.0.0.1", PORT=str(port), SHUTDOWN_TIMEOUT_SECONDS="1", **isolation())
+            env["REDIS_URL"] = url._replace(netloc=f":{url.password}@127.0.0.1:{redis.port}").geturl()
+            run_dir = tmp_path / f"run-{expected}"
+            run_dir.mkdir()
+            # the image's CMD and ENV (what it can import is test_image_cmd_serves_health_and_ready's)
+            server = await start_server_process(
+                command(dockerfile_cmd()), env={**dockerfile_env(), **env}, cwd=image_workdir(run_dir)
+            )
+            try:
+                async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+
+                    async def settled(http: httpx.AsyncClient = http, expected: int = expected) -> bool:
+                        return (await http.get("/ready")).status_code == expected
+
+                    await eventually(settled, what=f"/ready answering {expected}")
+            finally:
+                await server.stop()
+            output = "".join(server.output)
+            assert secret not in output and password not in output
+            assert "redis://:***@127.0.0.1" in output
+    finally:
+        await redis.stop()
+    assert password not in "".join(redis.output)
+
+
+# --- NetworkPolicies -----------------------------------------------------------------------------
+
+INGRESS_CONTROLLER = Peer(
+    labels={"app.kubernetes.io/name": "ingress-nginx"}, namespace={"kubernetes.io/metadata.name": "ingress-nginx"}
+)
+IN_CLUSTER_CLIENT = Peer(labels={"swe-api/client": "true"})
+OTHER_POD = Peer(labels={"app.kubernetes.io/name": "something-else"})
+KUBE_DNS = Peer(labels={"k8s-app": "kube-dns"}, namespace={"kubernetes.io/metadata.name": "kube-system"})
+DATABASE_POD = Peer(labels={"cnpg.io/cluster": "events"}, namespace={"kubernetes.io/metadata.name": "databases"})
+OUTSIDE = Peer(ip="198.51.100.10")
+
+
+def test_the_network_policy_model_can_tell():
+    """The evaluator below is what the policies are checked with: it isolates only selected pods,
+    and a podSelector alone means this namespace."""
+    assert connects(OTHER_POD, Peer(labels={"unselected": "pod"}), 1234)  # no policy selects either
+    assert peer_matches({"podSelector": {"matchLabels": {"a": "b"}}}, Peer(labels={"a": "b"}))
+    elsewhere = Peer(labels={"a": "b"}, namespace={"kubernetes.io/metadata.name": "other"})
+    assert not peer_matches({"podSelector": {"matchLabels": {"a": "b"}}}, elsewhere)
+    assert peer_matches({"namespaceSelector": {}, "podSelector": {"matchLabels": {"a": "b"}}}, elsewhere)
+    assert peer_matches({"ipBlock": {"cidr": "0.0.0.0/0"}}, OUTSIDE)
+    assert not peer_matches({"ipBlock": {"cidr": "0.0.0.0/0", "except": ["198.51.100.0/24"]}}, OUTSIDE)
+    assert not peer_matches({"ipBlock": {"cidr": "::/0"}}, OUTSIDE)
+    assert not peer_matches({"ipBlock": {"cidr": "0.0.0.0/0"}}, OTHER_POD)
+    assert port_matches([{"port": 53, "protocol": "UDP"}], 53, "UDP") and not port_matches([{"port": 53}], 53, "UDP")
+
+
+def test_k8s_every_pod_is_fenced_in_both_directions():
+    for kind, name in (("Deployment", "swe-api"), ("StatefulSet", "swe-redis")):
+        labels = pod_of(kind, name).labels
+        for direction in ("Ingress", "Egress"):
+            assert any(
+                direction in policy_types(policy) and label_selector_matches(policy["spec"]["podSelector"], labels)
+                for policy in network_policies()
+            ), f"no NetworkPolicy fences {kind} {name} for {direction}"
+
+
+def test_k8s_only_the_api_pods_reach_redis_and_redis_reaches_nothing():
+    api, redis = pod_of("Deployment", "swe-api"), pod_of("StatefulSet", "swe-redis")
+    (port,) = k8s("Service", "swe-redis")["spec"]["ports"]
+    assert connects(api, redis, port["port"])
+    for other in (OTHER_POD, IN_CLUSTER_CLIENT, INGRESS_CONTROLLER, OUTSIDE):
+        assert not connects(other, redis, 6379), other
+    api_elsewhere = Peer(labels=api.labels, namespace={"kubernetes.io/metadata.name": "other"})
+    assert not connects(api_elsewhere, redis, 6379)  # the same labels in another namespace: no
+    assert not connects(api, redis, 16379)  # only its port
+    for destination, to_port, protocol in ((KUBE_DNS, 53, "UDP"), (OUTSIDE, 443, "TCP"), (api, PORT, "TCP")):
+        assert not connects(redis, destination, to_port, protocol)
+
+
+def test_k8s_api_pods_accept_their_http_port_from_the_ingress_controller_only():
+    api = pod_of("Deployment", "swe-api")
+    assert connects(INGRESS_CONTROLLER, api, PORT)
+    assert connects(IN_CLUSTER_CLIENT, api, PORT)  # labelled callers of this namespace
+    for other in (OTHER_POD, OUTSIDE, pod_of("StatefulSet", "swe-redis")):
+        assert not connects(other, api, PORT), other
+    assert not connects(INGRESS_CONTROLLER, api, 9090)  # nothing but the HTTP port
+    assert [named_port(api_container(), p["containerPort"]) for p in api_container()["ports"]] == [PORT]
+    # the controller's namespace is the one the manifest's header says to install it in
+    assert "namespace\n# `ingress-nginx`" in K8S_FILE.read_text().split("\n---", 1)[0]
+
+
+def test_k8s_api_pods_reach_redis_dns_and_the_database_only():
+    api, redis = pod_of("Deployment", "swe-api"), pod_of("StatefulSet", "swe-redis")
+    assert connects(api, redis, 6379)
+    assert connects(api, KUBE_DNS, 53, "UDP") and connects(api, KUBE_DNS, 53, "TCP")
+    database = urlsplit(K8S_SECRETS["swe-api-secrets"]["database-url"])
+    assert database.port == 5432
+    assert connects(api, OUTSIDE, 5432) and connects(api, DATABASE_POD, 5432)  # a managed one or in-cluster
+    assert connects(api, Peer(ip="2001:db8::5"), 5432)
+    for destination, to_port, protocol in (
+        (OUTSIDE, 443, "TCP"),  # no JWKS URL configured: no HTTPS out
+        (OUTSIDE, 80, "TCP"),
+        (OUTSIDE, 6379, "TCP"),
+        (OTHER_POD, PORT, "TCP"),
+        (KUBE_DNS, 5353, "UDP"),
+        (OUTSIDE, 53, "UDP"),  # DNS is the cluster's only
+    ):
+        assert not connects(api, destination, to_port, protocol), (destination, to_port)
+
+
+def test_k8s_jwks_over_https_is_allowed_exactly_when_a_jwks_url_is_configured():
+    api = pod_of("Deployment", "swe-api")
+    assert connects(api, OUTSIDE, 443) == bool(container_env(api_container()).get("JWT_JWKS_URL"))
+    # the rule to uncomment is there, beside the others
+    policy_text = K8S_FILE.read_text().rsplit("kind: NetworkPolicy", 1)[1]
+    assert "# With JWT_JWKS_URL set" in policy_text and "#       port: 443" in policy_text
 
 
 def test_k8s_service_has_client_ip_affinity_and_selects_only_the_api():
@@ -679,15 +1127,23 @@ async def exit_code(args: list[str], env: dict[str, str]) -> int:
     return await asyncio.wait_for(process.wait(), 20)
 
 
-def environment_of(source: str) -> dict[str, str]:
+def environment_of(source: str, tmp_path: Path) -> tuple[dict[str, str], str]:
+    """The service's environment as the file gives it, and the JWT secret it ends up with. Compose:
+    the api's environment, and the secret files its one-shot service writes (SECRETS_DIR stands for
+    the volume's /run/secrets). Kubernetes: the ConfigMap and the container's env, from the Secret."""
     if source == "compose":
-        return compose_environment(compose()["services"]["api"])
-    return {**config_map(), "JWT_SECRET_KEY": PRODUCTION_SECRET}
+        secrets = tmp_path / "secrets"
+        run_init_secrets(secrets)
+        env = {**compose_environment(compose()["services"]["api"]), "SECRETS_DIR": str(secrets)}
+        return env, read_secret(secrets, "jwt_secret_key")
+    env = container_env(api_container())
+    return env, env["JWT_SECRET_KEY"]
 
 
 def test_image_site_blocks_what_the_image_does_not_install(tmp_path: Path):
     assert {"fastapi", "uvicorn", "python-socketio", "redis", "websockets", "uvloop"} <= runtime_distributions()
-    assert not {"pytest", "httpx", "ruff", "mypy"} & runtime_distributions()
+    # test and lint tools only (httpx is not among them: the service fetches JWT_JWKS_URL with it)
+    assert not {"pytest", "hypothesis", "aiohttp", "ruff", "mypy"} & runtime_distributions()
     env = {"PATH": "", "PYTHONPATH": str(image_site(tmp_path))}
     check = [sys.executable, "-c", "import fastapi, socketio, redis, yaml, uvloop"]
     assert subprocess.run(check, env=env, timeout=60, check=False).returncode == 0
@@ -695,15 +1151,19 @@ def test_image_site_blocks_what_the_image_does_not_install(tmp_path: Path):
     assert subprocess.run(blocked, env=env, timeout=60, check=False, capture_output=True).returncode != 0
 
 
-@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # compose's development secret
 @pytest.mark.parametrize("source", ["compose", "kubernetes"])
-async def test_image_cmd_serves_health_and_ready_with_the_files_settings(source: str, redis_url: str, tmp_path: Path):
+async def test_image_cmd_serves_health_and_ready_with_the_files_settings(
+    source: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.delenv("JWT_SECRET_KEY", raising=False)  # the server inherits the tests' environment
     port = free_port()
+    # Redis and the database of the tests (the variables win over compose's secret files)
     overrides = {"HOST": "127.0.0.1", "PORT": str(port), "REDIS_URL": redis_url, **isolation()}
     # A closed long-polling client leaves a pending GET that graceful shutdown waits for, up to the
     # files' SHUTDOWN_TIMEOUT_SECONDS (10 s): not what this test is about.
     overrides["SHUTDOWN_TIMEOUT_SECONDS"] = "1"
-    env = image_env(tmp_path, {**environment_of(source), **overrides})
+    file_env, jwt_secret = environment_of(source, tmp_path)
+    env = image_env(tmp_path, {**file_env, **overrides})
     workdir = image_workdir(tmp_path)
     server = await start_server_process(command(dockerfile_cmd()), env=env, cwd=workdir)
     try:
@@ -717,7 +1177,7 @@ async def test_image_cmd_serves_health_and_ready_with_the_files_settings(source:
             assert ready.status_code == 200, ready.text
         for transports in (("websocket",), ("polling",)):
             client = WsClient(server.url)
-            await client.connect(make_token(secret=env["JWT_SECRET_KEY"]), transports=transports)
+            await client.connect(make_token(secret=jwt_secret), transports=transports)
             try:
                 assert (await client.expect("connection_established"))["type"] == "connection_established"
             finally:
@@ -728,6 +1188,8 @@ async def test_image_cmd_serves_health_and_ready_with_the_files_settings(source:
     finally:
         await server.stop()
     assert not (workdir / "logs").exists()  # LOG_FILE="": nothing written in the image's directory
+    assert "ENVIRONMENT=production" not in "".join(server.output)  # no refusal: it runs in production
+    assert jwt_secret not in "".join(server.output)
 
 
 async def test_image_without_redis_stays_live_but_not_ready(tmp_path: Path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import re
 import sys
@@ -35,6 +36,7 @@ from apps.api.tests.support import (
 
 DOCS = ("README.md", "WEBSOCKET_API.md", "WEBSOCKET_INTEGRATION_GUIDE.md")
 MARKER = re.compile(r"<!-- runs in: (?P<file>[\w/.]+)::(?P<test>\w+) -->\n```(?P<lang>\w*)\n(?P<code>.*?)\n```", re.S)
+MARKER_LINE = re.compile(r"<!-- runs in: [\w/.]+::\w+ -->")
 OUTPUT_TIMEOUT = 60
 
 
@@ -62,6 +64,30 @@ async def run(args: list[str], env: dict[str, str], *, stdin: bytes | None = Non
     output, _ = await asyncio.wait_for(process.communicate(stdin), OUTPUT_TIMEOUT)
     assert process.returncode == 0, output.decode()
     return output.decode()
+
+
+def test_every_code_block_runs_or_says_it_is_a_fragment():
+    """Every fenced block of the docs is run by a test (the marker line right before it) or says
+    it is not (``fragment`` in its info string: ```` ```json fragment ````)."""
+    offending = []
+    for doc in DOCS:
+        lines = (REPO_ROOT / doc).read_text().split("\n")
+        opening = None
+        for number, line in enumerate(lines, 1):
+            if not line.startswith("```"):
+                continue
+            if opening is not None:  # the closing fence
+                opening = None
+                continue
+            opening = number
+            marked = number > 1 and MARKER_LINE.fullmatch(lines[number - 2]) is not None
+            if not marked and "fragment" not in line[3:].split():
+                offending.append(f"{doc}:{number}")
+        assert opening is None, f"{doc}:{opening}: the block is never closed"
+    assert not offending, (
+        "each of these blocks needs a `<!-- runs in: <test file>::<test> -->` line right before it, "
+        f"or `fragment` in its info string (```json fragment): {', '.join(offending)}"
+    )
 
 
 def test_every_marked_block_names_a_test_of_its_file():
@@ -220,6 +246,25 @@ async def test_the_publish_api_curl_example(server, http, connect):
     assert event["data"]["workflow_id"] == str(workflow) and event["id"] in first
     await marker(watcher)
     assert watcher.received("workflow.progress") == []  # broadcast once
+
+
+async def test_the_readmes_try_it_commands(server, connect):
+    """README's "Try it" commands; the one change: the test server's URL for localhost:8000. The
+    health check answers, and the token, exported for the client example, is one the service takes."""
+    block = doc_block("test_the_readmes_try_it_commands").replace("http://localhost:8000", server.url)
+    env = {"JWT_SECRET_KEY": TEST_SECRET, "ENVIRONMENT": "development"}
+    process = await asyncio.create_subprocess_exec(
+        "bash", "-e", "-c", f"{block}\nprintenv TOKEN", cwd=REPO_ROOT,  # printenv: exported variables only
+        env={**os.environ, **env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    raw, errors = await asyncio.wait_for(process.communicate(), OUTPUT_TIMEOUT)
+    output = raw.decode()  # curl's progress meter is on stderr
+    assert process.returncode == 0, (output, errors.decode())
+    health, end = json.JSONDecoder().raw_decode(output)
+    assert health["status"] == "ok", output
+    token = output[end:].strip()
+    client = await connect(token)
+    assert (await client.expect("connection_established"))["data"]["user_id"]
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
@@ -43,7 +44,8 @@ import websockets
 
 from apps.api.events.broadcaster import get_broadcaster
 from apps.api.stores import sql_projects as project_store_module
-from apps.api.tests.support import REPO_ROOT, RunningServer, make_token
+from apps.api.tests.support import REPO_ROOT, RunningServer, WsClient, make_token
+from apps.api.tests.test_docs_run import doc_block
 
 JS_DIR = REPO_ROOT / "apps" / "api" / "tests" / "js"
 NODE_MODULES = REPO_ROOT / "node_modules"
@@ -460,6 +462,105 @@ async def test_auto_reconnect_with_token_refresh_snippet(run_js, member_id):
     assert second["debug_rooms"]["status"] == "success"
     assert second["debug_rooms"]["connection_id"] == second_id
     assert second["debug_rooms"]["rooms"] == sorted(["global", f"user:{member_id}"])
+
+
+async def test_the_guides_token_refresh_in_place(run_js, server, member_id):
+    """The integration guide's token.expiring handler, in the official client: the connection takes
+    the fresh token over and is still connected, in its rooms, after the old token expired (another
+    connection with the old token was closed at that moment, told token_expired)."""
+    expiring = make_token(member_id, ttl=4)  # the server warns 60 s ahead: at once
+    agent = uuid4()
+    control = await WsClient(server.url).connect(expiring)
+    try:
+        env = {
+            "JWT_TOKEN": expiring,
+            "REFRESH_TOKEN": make_token(member_id, ttl=3600),
+            "GUIDE_SNIPPET": doc_block("test_the_guides_token_refresh_in_place"),
+            "AGENT_ROOM": f"agent:{agent}",
+            "MARKER_AGENT": str(agent),
+        }
+        async with run_js("refresh_in_place.mjs", **env) as js:
+            first = await js.report("first")
+            assert first["subscribed"]["status"] == "success"
+            assert first["warning"]["data"]["seconds_left"] <= 4
+            closing = await control.expect("connection.closing", timeout=10)
+            assert closing["data"]["reason"] == "token_expired"
+            # an event to the room the script joined, sent after the old token's expiry
+            await get_broadcaster().broadcast_agent_connected(agent_id=agent, agent_name="after expiry")
+            after = await js.report("after", timeout=STEP_TIMEOUT + 5)
+            await js.finish()
+    finally:
+        await control.close()
+    assert after["connected"] is True and after["connections"] == 1
+    assert after["closings"] == [] and after["disconnects"] == []
+    assert after["refresh_calls"] == 1 and after["stored"] is True and after["auth_token"] is True
+    assert f"agent:{agent}" in after["rooms"]
+
+
+# --- the docs' own blocks --------------------------------------------------------------------
+
+
+async def test_the_readmes_connect_example(node, server, member_id, member_token):
+    """README's "Try it" client, as an ES module under Node, with the token in ``TOKEN`` (README's
+    command before it exports it). The one change: the test server's URL for localhost:8000."""
+    code = doc_block("test_the_readmes_connect_example").replace("http://localhost:8000", server.url)
+    env = {**os.environ, "TOKEN": member_token}
+    env.pop("NODE_OPTIONS", None)
+    process = await asyncio.create_subprocess_exec(
+        node, "--input-type=module", "-e", code, cwd=REPO_ROOT, env=env,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        line = (await asyncio.wait_for(process.stdout.readline(), STEP_TIMEOUT)).decode()
+        if line.startswith("Connected: "):  # the client still connected
+            assert connection(server, line.split()[1]).principal.user_id == member_id
+    finally:
+        if process.returncode is None:
+            process.kill()
+        _, stderr = await asyncio.wait_for(process.communicate(), STEP_TIMEOUT)
+    assert line.startswith("Connected: "), (line, stderr.decode()[-2000:])
+
+
+async def run_doc_snippet(run_js: Callable[..., Any], test: str, logs: int, token: str) -> tuple[list[Any], str]:
+    """What the block marked as run by ``test`` logged (``logs`` calls), run on a connected socket;
+    and that socket's connection id."""
+    env = {"JWT_TOKEN": token, "DOC_SNIPPET": doc_block(test), "DOC_LOGS": str(logs)}
+    async with run_js("doc_snippet.mjs", **env) as js:
+        logged = await js.report("snippet_logs")
+        await js.finish()
+    return logged, js.logs("Connected:")[0][1]
+
+
+def assert_rooms_reply(reply: Message, connection_id: str, member_id: UUID) -> None:
+    assert reply == {
+        "status": "success",
+        "connection_id": connection_id,
+        "user_id": str(member_id),
+        "rooms": sorted(["global", f"user:{member_id}"]),
+    }
+
+
+def assert_pong(reply: Message) -> None:
+    assert set(reply) == {"status", "timestamp"} and reply["status"] == "pong", reply
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", reply["timestamp"]), reply  # as the doc shows
+
+
+async def test_the_guides_debugging_snippet(run_js, member_id, member_token):
+    logged, connection_id = await run_doc_snippet(run_js, "test_the_guides_debugging_snippet", 2, member_token)
+    replies = {entry[0]["status"]: entry[0] for entry in logged}
+    assert_rooms_reply(replies["success"], connection_id, member_id)
+    assert_pong(replies["pong"])
+
+
+async def test_the_apis_debug_rooms_example(run_js, member_id, member_token):
+    [[reply]], connection_id = await run_doc_snippet(run_js, "test_the_apis_debug_rooms_example", 1, member_token)
+    assert_rooms_reply(reply, connection_id, member_id)
+
+
+async def test_the_apis_ping_example(run_js, member_token):
+    [[reply]], _ = await run_doc_snippet(run_js, "test_the_apis_ping_example", 1, member_token)
+    assert_pong(reply)
 
 
 # --- "Listen for Multiple Events" ------------------------------------------------------------

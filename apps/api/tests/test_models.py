@@ -155,6 +155,8 @@ def test_wire_json_is_wire_for_every_event_type():
         },
         "ai.analysis_complete": {"analysis_id": project, "target_type": "code", "target_id": "x", "summary": "s"},
         "connection_established": {"connection_id": "c", "user_id": project, "rooms": ["global"], "instance_id": "i"},
+        "token.expiring": {"expires_at": "2024-11-08T10:30:00Z", "seconds_left": 60},
+        "connection.closing": {"reason": "token_expired", "message": "m"},
     }
     assert set(samples) == {t.value for t in EventType}
     for name, fields in samples.items():

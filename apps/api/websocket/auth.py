@@ -6,6 +6,7 @@ never part of an error or a log line.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,10 +16,14 @@ from uuid import UUID
 
 import jwt
 
+from apps.api.websocket.keys import ALGORITHMS, KeySet, VerificationKey, hmac_key
+
 #: Every refused connection carries this code (the card's ``connect_error`` check reads it).
 AUTH_FAILED = "AUTH_FAILED"
 #: Longest token accepted; anything longer is refused as malformed before it is parsed.
 MAX_TOKEN_LENGTH = 8192
+#: The latest NumericDate accepted (9999-12-31T23:59:59Z): anything later cannot be a date.
+MAX_NUMERIC_DATE = 253_402_300_799
 
 
 class AuthReason:
@@ -34,6 +39,8 @@ class AuthReason:
     BAD_ISSUER = "bad_issuer"
     BAD_AUDIENCE = "bad_audience"
     INVALID_SUBJECT = "invalid_subject"
+    INVALID_CLAIM = "invalid_claim"
+    UNKNOWN_KEY = "unknown_key"
 
 
 _MESSAGES = {
@@ -49,6 +56,8 @@ _MESSAGES = {
     AuthReason.BAD_ISSUER: "The token's issuer is not accepted",
     AuthReason.BAD_AUDIENCE: "The token's audience is not accepted",
     AuthReason.INVALID_SUBJECT: "The token's 'sub' claim must be a user id (a UUID)",
+    AuthReason.INVALID_CLAIM: "A claim of the token has the wrong type",
+    AuthReason.UNKNOWN_KEY: "The token's key (kid) is not one this server knows",
 }
 
 
@@ -81,24 +90,27 @@ class Principal:
 
 
 class TokenVerifier:
-    """Validates JWTs against one pinned algorithm and secret.
+    """Validates JWTs: the signature with a key of :attr:`keys` chosen by the token's ``kid`` and
+    bound to its algorithm (see :mod:`apps.api.websocket.keys`), then the claims, by type.
 
-    ``exp`` and ``sub`` are required, ``sub`` must be a UUID; ``iss``/``aud`` are checked when
-    configured. Roles come from a ``roles`` claim (a list of strings, or one string).
+    ``exp`` and ``sub`` are required; ``exp``, ``nbf`` and ``iat`` must be NumericDates (RFC 7519:
+    numbers of seconds, not strings or booleans), ``sub`` a user id (a UUID), ``roles`` (if any) a
+    list of strings; ``iss``/``aud`` are checked when configured. ``keys`` may be replaced while
+    the service runs (a JWKS refreshed, a key file changed).
     """
 
     def __init__(
         self,
         *,
-        secret: str,
-        algorithm: str,
+        keys: KeySet | None = None,
+        secret: str | None = None,
+        algorithm: str = "HS256",
         issuer: str | None = None,
         audience: str | None = None,
         leeway_seconds: float = 10,
         admin_role: str = "admin",
     ) -> None:
-        self._secret = secret
-        self._algorithm = algorithm
+        self.keys = (keys or KeySet()) + (KeySet([hmac_key(secret, algorithm)]) if secret is not None else KeySet())
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_seconds
@@ -113,21 +125,50 @@ class TokenVerifier:
             raise AuthError(AuthReason.MISSING)
         if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
             raise AuthError(AuthReason.MALFORMED)
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise AuthError(AuthReason.MALFORMED) from None
+        algorithm, kid = header.get("alg"), header.get("kid")
+        if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:  # "none" among them
+            raise AuthError(AuthReason.BAD_ALGORITHM)
+        if kid is not None and not isinstance(kid, str):
+            raise AuthError(AuthReason.MALFORMED, "kid")
+        candidates = self.keys.candidates(kid, algorithm)
+        if candidates is None:
+            raise UnknownKey(kid or "")
+        if not candidates:
+            raise AuthError(AuthReason.BAD_ALGORITHM)
+        for key in candidates:
+            try:
+                claims = self._decode(token, key)
+                break
+            except jwt.InvalidSignatureError:
+                continue
+        else:
+            raise AuthError(AuthReason.BAD_SIGNATURE)
+        return self._principal(claims)
+
+    def _decode(self, token: str, key: VerificationKey) -> dict[str, Any]:
         required = ["exp", "sub"] + (["iss"] if self._issuer else []) + (["aud"] if self._audience else [])
         try:
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
-                self._secret,
-                algorithms=[self._algorithm],
+                key.key,
+                algorithms=[key.algorithm],
                 issuer=self._issuer,
                 audience=self._audience,
-                leeway=self._leeway,
-                options={"require": required, "verify_aud": self._audience is not None},
+                # the times are checked by _principal, by type first (PyJWT takes "exp": "123")
+                options={
+                    "require": required,
+                    "verify_aud": self._audience is not None,
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
-        except jwt.ExpiredSignatureError:
-            raise AuthError(AuthReason.EXPIRED) from None
-        except jwt.ImmatureSignatureError:
-            raise AuthError(AuthReason.NOT_YET_VALID) from None
+        except jwt.InvalidSignatureError:
+            raise
         except jwt.MissingRequiredClaimError as exc:
             raise AuthError(AuthReason.MISSING_CLAIM, exc.claim) from None
         except jwt.InvalidIssuerError:
@@ -136,22 +177,57 @@ class TokenVerifier:
             raise AuthError(AuthReason.BAD_AUDIENCE) from None
         except jwt.InvalidAlgorithmError:
             raise AuthError(AuthReason.BAD_ALGORITHM) from None
-        except jwt.InvalidSignatureError:
-            raise AuthError(AuthReason.BAD_SIGNATURE) from None
+        except jwt.exceptions.InvalidSubjectError:
+            raise AuthError(AuthReason.INVALID_SUBJECT) from None
         except jwt.InvalidTokenError:
             raise AuthError(AuthReason.MALFORMED) from None
-        return self._principal(claims)
+        return claims
 
-    def _principal(self, claims: Mapping[str, Any]) -> Principal:
+    def _principal(self, claims: Mapping[str, Any], now: float | None = None) -> Principal:
+        now = time.time() if now is None else now
+        exp = _numeric_date(claims, "exp")
+        nbf = _numeric_date(claims, "nbf")
+        iat = _numeric_date(claims, "iat")
+        assert exp is not None  # required
+        if now >= exp + self._leeway:
+            raise AuthError(AuthReason.EXPIRED)
+        if (nbf is not None and nbf > now + self._leeway) or (iat is not None and iat > now + self._leeway):
+            raise AuthError(AuthReason.NOT_YET_VALID)
+        subject = claims["sub"]
+        if not isinstance(subject, str):
+            raise AuthError(AuthReason.INVALID_SUBJECT)
         try:
-            user_id = UUID(str(claims["sub"]))
+            user_id = UUID(subject)
         except ValueError:
             raise AuthError(AuthReason.INVALID_SUBJECT) from None
-        raw_roles = claims.get("roles", ())
-        roles = frozenset([raw_roles] if isinstance(raw_roles, str) else (r for r in raw_roles if isinstance(r, str)))
-        exp = claims["exp"]
-        expires_at = datetime.fromtimestamp(exp, UTC) if isinstance(exp, int | float) else None
-        return Principal(user_id=user_id, roles=roles, expires_at=expires_at, admin_role=self._admin_role)
+        raw_roles = claims.get("roles", [])
+        if not isinstance(raw_roles, list) or not all(isinstance(role, str) for role in raw_roles):
+            raise AuthError(AuthReason.INVALID_CLAIM, "roles must be a list of strings")
+        return Principal(
+            user_id=user_id,
+            roles=frozenset(raw_roles),
+            expires_at=datetime.fromtimestamp(exp, UTC),
+            admin_role=self._admin_role,
+        )
+
+
+class UnknownKey(AuthError):
+    """The token names a ``kid`` no key has (a JWKS that rotated may know it once refreshed)."""
+
+    def __init__(self, kid: str) -> None:
+        super().__init__(AuthReason.UNKNOWN_KEY)
+        self.kid = kid
+
+
+def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
+    """RFC 7519's NumericDate: a JSON number of seconds since 1970 (not a string, not a boolean),
+    finite and no later than 9999-12-31."""
+    if name not in claims:
+        return None
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_NUMERIC_DATE:
+        raise AuthError(AuthReason.INVALID_CLAIM, f"{name} must be a NumericDate: a number of seconds since 1970")
+    return float(value)
 
 
 def extract_token(auth: object, *, authorization: str | None = None, query_string: str | None = None) -> str | None:

@@ -1,5 +1,10 @@
 """Handlers for what clients send in namespace ``/ws``: connect, disconnect, subscribe,
-unsubscribe, ``debug:rooms``, ``ping``, and anything else (answered ``UNKNOWN_EVENT``).
+unsubscribe, ``debug:rooms``, ``ping``, ``auth:refresh``, and anything else (answered
+``UNKNOWN_EVENT``).
+
+A connection is admitted within its limits (new connections per address, connections per user
+and per instance), each refusal with its code; its token is warned of (``token.expiring``) and
+enforced at expiry; a connection that keeps sending past its event rate is closed, told why.
 
 Every handler answers through the ack when the client asks for one; bad input gets
 ``{status: "error", code, message}`` and never affects another connection.
@@ -11,21 +16,41 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 from uuid import UUID
 
 import socketio
 
+from apps.api import metrics
+from apps.api.token_keys import TokenKeys, verify_token
 from apps.api.websocket.auth import AuthError, TokenVerifier, extract_token
-from apps.api.websocket.connections import Connection, Connections
-from apps.api.websocket.models import ConnectionEstablishedData, Event, EventType
+from apps.api.websocket.connections import AddressRates, Connection, Connections
+from apps.api.websocket.models import (
+    ConnectionClosingData,
+    ConnectionEstablishedData,
+    Event,
+    EventType,
+    TokenExpiringData,
+)
 from apps.api.websocket.protocol import INSTANCE_ID, NAMESPACE, ClientEvent, ErrorCode, error, success
-from apps.api.websocket.rooms import RoomError, RoomKind, auto_rooms, check_access, parse_room
+from apps.api.websocket.rooms import ADMIN_ROOM, RoomError, RoomKind, auto_rooms, check_access, parse_room
 
 logger = logging.getLogger(__name__)
 
 Ack = dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """What a connection may cost (Settings: CONNECTS_PER_SECOND_PER_ADDRESS, ...)."""
+
+    per_address_rate: float = 20
+    per_address_burst: float = 100
+    max_per_user: int = 100
+    max_connections: int = 10_000
+    expiry_warning_seconds: float = 60
 
 
 class Membership(Protocol):
@@ -43,6 +68,9 @@ def _guarded(handler: Callable[..., Awaitable[Ack]]) -> Callable[..., Awaitable[
         if conn is None:
             return error(ErrorCode.AUTH_FAILED, "Not connected")
         if not conn.limiter.take():
+            metrics.rate_limited("client_events")
+            if not conn.overruns.take() and not conn.closing:
+                self._close(conn, "rate_limited", "This connection kept sending past its rate limit")
             return error(ErrorCode.RATE_LIMITED, "Too many requests on this connection; slow down")
         if len(args) > 1:
             return error(ErrorCode.INVALID_REQUEST, "Send one argument (an object) and, optionally, an ack callback")
@@ -65,13 +93,18 @@ class ClientEvents:
         connections: Connections,
         max_rooms: int,
         disconnect_on_expiry: bool,
+        token_keys: TokenKeys | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.sio = sio
         self.verifier = verifier
+        self.token_keys = token_keys
         self.membership = membership
         self.connections = connections
         self.max_rooms = max_rooms
         self.disconnect_on_expiry = disconnect_on_expiry
+        self.limits = limits or ConnectionLimits()
+        self._addresses = AddressRates(self.limits.per_address_rate, self.limits.per_address_burst)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def register(self) -> None:
@@ -82,6 +115,7 @@ class ClientEvents:
         on(ClientEvent.UNSUBSCRIBE, self.unsubscribe)
         on(ClientEvent.DEBUG_ROOMS, self.debug_rooms)
         on(ClientEvent.PING, self.ping)
+        on(ClientEvent.REFRESH, self.refresh)
         on("*", self.unknown)
         self.sio.on("connect", self.wrong_namespace, namespace="*")
 
@@ -89,26 +123,57 @@ class ClientEvents:
 
     async def connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> bool:
         remote = _remote_addr(environ)
+        # the cheap refusals first: a flood costs no token verification
+        wait = self._addresses.take(remote)
+        if wait is not None:
+            self._refuse(
+                sid,
+                remote,
+                ErrorCode.CONNECTION_RATE_LIMITED,
+                "Too many new connections from your address; retry after retry_after seconds",
+                retry_after=wait,
+            )
+        if len(self.connections) >= self.limits.max_connections:
+            self._refuse(sid, remote, ErrorCode.SERVER_FULL, "This server is full; retry later", retry_after=5.0)
         token = extract_token(
             auth, authorization=environ.get("HTTP_AUTHORIZATION"), query_string=environ.get("QUERY_STRING")
         )
         try:
-            principal = self.verifier.verify(token)
+            principal = await verify_token(self.verifier, self.token_keys, token)
         except AuthError as exc:
             logger.warning("websocket connection refused sid=%s remote=%s reason=%s", sid, remote, exc.reason)
+            metrics.connection_refused(exc.reason)
             raise socketio.exceptions.ConnectionRefusedError(exc.message, {"content": exc.as_dict()}) from None
+        if self.connections.of_user(principal.user_id) >= self.limits.max_per_user:
+            self._refuse(
+                sid,
+                remote,
+                ErrorCode.TOO_MANY_CONNECTIONS,
+                f"You already have {self.limits.max_per_user} connections open; close one first",
+            )
         self._keep_only_what_is_needed_of(sid, environ)
         conn = self.connections.add(sid, principal, remote)
         rooms = auto_rooms(principal)
         for room in rooms:
             await self.sio.enter_room(sid, room, namespace=NAMESPACE)
         self._schedule_expiry(conn)
+        metrics.connection_opened()
         # The CONNECT packet is sent when this handler returns; the welcome follows it.
         self._spawn(self._welcome(sid, principal.user_id, rooms))
         logger.info(
             "websocket connected sid=%s user=%s remote=%s admin=%s", sid, principal.user_id, remote, principal.is_admin
         )
         return True
+
+    def _refuse(self, sid: str, remote: str, code: str, message: str, retry_after: float | None = None) -> NoReturn:
+        logger.warning("websocket connection refused sid=%s remote=%s reason=%s", sid, remote, code)
+        metrics.connection_refused(code)
+        if code == ErrorCode.CONNECTION_RATE_LIMITED:
+            metrics.rate_limited("connects")
+        content: dict[str, object] = {"code": code, "message": message}
+        if retry_after is not None:
+            content["retry_after"] = round(retry_after, 3)
+        raise socketio.exceptions.ConnectionRefusedError(message, {"content": content})
 
     def _keep_only_what_is_needed_of(self, sid: str, environ: dict[str, Any]) -> None:
         """python-socketio keeps the request's environ for the whole session: replace it with a
@@ -117,7 +182,7 @@ class ClientEvents:
         if self.sio.environ.get(eio_sid) is environ:
             self.sio.environ[eio_sid] = {key: environ[key] for key in _ENVIRON_KEPT if key in environ}
 
-    async def disconnect(self, sid: str, reason: str | None = None) -> None:
+    async def disconnect(self, sid: str, reason: object = None) -> None:
         conn = self.connections.remove(sid)
         if conn is not None:
             logger.info(
@@ -125,11 +190,15 @@ class ClientEvents:
                 sid,
                 conn.principal.user_id,
                 conn.remote_addr,
-                reason,
+                # python-socketio's reasons are short strings; stock python-socketio also runs this
+                # handler for a client event named "disconnect", with whatever the client sent
+                reason if isinstance(reason, str) and len(reason) <= 40 else "(not a reason)",
             )
 
     async def wrong_namespace(self, namespace: str, sid: str, environ: dict[str, Any], auth: object = None) -> bool:
-        logger.warning("websocket connection refused namespace=%s remote=%s", namespace, _remote_addr(environ))
+        remote = _remote_addr(environ)
+        logger.warning("websocket connection refused sid=%s namespace=%s remote=%s", sid, namespace, remote)
+        metrics.connection_refused(ErrorCode.INVALID_NAMESPACE)
         content = {
             "code": ErrorCode.INVALID_NAMESPACE,
             "message": f"Namespace {namespace!r} does not exist: connect with io('http://<host>:8000{NAMESPACE}')",
@@ -145,17 +214,51 @@ class ClientEvents:
         await self.sio.emit(event.type.value, event.wire(), to=sid, namespace=NAMESPACE)
 
     def _schedule_expiry(self, conn: Connection) -> None:
+        """(Re)arm the connection's token timers: ``token.expiring`` ``TOKEN_EXPIRY_WARNING_SECONDS``
+        before its ``exp``, and the disconnect at ``exp`` plus the leeway."""
+        conn.cancel_timers()
         expires_at = conn.principal.expires_at
         if not self.disconnect_on_expiry or expires_at is None:
             return
-        delay = (expires_at - datetime.now(UTC)).total_seconds() + self.verifier.leeway_seconds
-        conn.expiry = asyncio.get_running_loop().call_later(max(delay, 0), self._expired, conn.sid)
+        loop = asyncio.get_running_loop()
+        left = (expires_at - datetime.now(UTC)).total_seconds()
+        conn.expiry = loop.call_later(max(left + self.verifier.leeway_seconds, 0), self._expired, conn.sid)
+        if self.limits.expiry_warning_seconds > 0:
+            delay = max(left - self.limits.expiry_warning_seconds, 0)
+            conn.warning = loop.call_later(delay, self._warn, conn.sid, expires_at)
+
+    def _warn(self, sid: str, expires_at: datetime) -> None:
+        conn = self.connections.get(sid)
+        if conn is None or conn.principal.expires_at != expires_at:
+            return  # gone, or its token was refreshed meanwhile
+        left = max((expires_at - datetime.now(UTC)).total_seconds(), 0.0)
+        event = Event(
+            type=EventType.TOKEN_EXPIRING,
+            source="websocket_server",
+            data=TokenExpiringData(expires_at=expires_at, seconds_left=round(left, 3)),
+        )
+        self._spawn(self.sio.emit(event.type.value, event.wire(), to=sid, namespace=NAMESPACE))
 
     def _expired(self, sid: str) -> None:
-        self._spawn(self._expire(sid))
+        conn = self.connections.get(sid)
+        if conn is not None:
+            logger.info("websocket token expired sid=%s: disconnecting", sid)
+            self._close(conn, "token_expired", "The token has expired; reconnect with a fresh one")
 
-    async def _expire(self, sid: str) -> None:
-        logger.info("websocket token expired sid=%s: disconnecting", sid)
+    def _close(self, conn: Connection, reason: str, message: str, by: UUID | None = None) -> None:
+        """Tell the connection why, then close it (once)."""
+        conn.closing = True
+        if reason != "token_expired":
+            logger.warning("websocket closing sid=%s user=%s reason=%s", conn.sid, conn.principal.user_id, reason)
+        self._spawn(self._tell_and_close(conn.sid, reason, message, by))
+
+    async def _tell_and_close(self, sid: str, reason: str, message: str, by: UUID | None) -> None:
+        event = Event(
+            type=EventType.CONNECTION_CLOSING,
+            source="websocket_server",
+            data=ConnectionClosingData(reason=reason, message=message, by=by),
+        )
+        await self.sio.emit(event.type.value, event.wire(), to=sid, namespace=NAMESPACE)
         await self.sio.disconnect(sid, namespace=NAMESPACE)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
@@ -167,6 +270,14 @@ class ClientEvents:
 
     @_guarded
     async def subscribe(self, conn: Connection, data: object = None) -> Ack:
+        ack = await self._subscribe(conn, data)
+        if ack.get("status") == "success":
+            metrics.subscribed()
+        else:
+            metrics.subscription_refused(ack.get("code"))
+        return ack
+
+    async def _subscribe(self, conn: Connection, data: object) -> Ack:
         try:
             room = parse_room(_room_field(data))
             is_member = False
@@ -221,6 +332,56 @@ class ClientEvents:
         return success(room=room.name, message=f"Unsubscribed from {room.name}")
 
     @_guarded
+    async def refresh(self, conn: Connection, data: object = None) -> Ack:
+        """``auth:refresh`` ``{token}``: a fresh token for the same user, taken over on the open
+        connection. Its expiry (and warning) follow the new token; rooms the new token may no
+        longer see are left (and named in the ack)."""
+        token = data.get("token") if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token:
+            return error(ErrorCode.INVALID_REQUEST, "Send {token: '<a fresh JWT>'}")
+        try:
+            principal = await verify_token(self.verifier, self.token_keys, token)
+        except AuthError as exc:
+            logger.info("websocket token refresh refused sid=%s reason=%s", conn.sid, exc.reason)
+            return {"status": "error", **exc.as_dict()}
+        if principal.user_id != conn.principal.user_id:
+            logger.warning("websocket token refresh refused sid=%s reason=other_user", conn.sid)
+            return {
+                "status": "error",
+                "code": ErrorCode.AUTH_FAILED,
+                "reason": "other_user",
+                "message": "The fresh token is for another user: reconnect to change users",
+            }
+        conn.principal = principal
+        left = await self._leave_rooms_no_longer_allowed(conn)
+        if principal.is_admin and ADMIN_ROOM not in self._rooms(conn.sid):
+            await self.sio.enter_room(conn.sid, ADMIN_ROOM, namespace=NAMESPACE)
+        if not conn.closing:
+            self._schedule_expiry(conn)
+        expires_at = principal.expires_at.isoformat().replace("+00:00", "Z") if principal.expires_at else None
+        return success(expires_at=expires_at, left_rooms=left)
+
+    async def _leave_rooms_no_longer_allowed(self, conn: Connection) -> list[str]:
+        left = []
+        for name in self._rooms(conn.sid):
+            if name == ADMIN_ROOM:
+                allowed = conn.principal.is_admin
+            else:
+                try:
+                    room = parse_room(name)
+                    member = False
+                    if room.kind is RoomKind.PROJECT and room.id is not None and not conn.principal.is_admin:
+                        member = await self._is_member(conn, room.id) is True
+                    check_access(conn.principal, room, is_project_member=member)
+                    allowed = True
+                except RoomError:
+                    allowed = False
+            if not allowed:
+                await self.sio.leave_room(conn.sid, name, namespace=NAMESPACE)
+                left.append(name)
+        return left
+
+    @_guarded
     async def debug_rooms(self, conn: Connection, data: object = None) -> Ack:
         return success(connection_id=conn.sid, user_id=str(conn.principal.user_id), rooms=self._rooms(conn.sid))
 
@@ -233,7 +394,8 @@ class ClientEvents:
 
     @_guarded
     async def _unknown(self, conn: Connection, event: str = "") -> Ack:
-        names = ", ".join([ClientEvent.SUBSCRIBE, ClientEvent.UNSUBSCRIBE, ClientEvent.DEBUG_ROOMS, ClientEvent.PING])
+        handled = (ClientEvent.SUBSCRIBE, ClientEvent.UNSUBSCRIBE, ClientEvent.DEBUG_ROOMS, ClientEvent.PING)
+        names = ", ".join([*handled, ClientEvent.REFRESH])
         return error(ErrorCode.UNKNOWN_EVENT, f"Unknown event {event[:64]!r}; the server handles {names}")
 
     def _rooms(self, sid: str) -> list[str]:

@@ -38,6 +38,8 @@ class EventType(StrEnum):
     AI_SUGGESTION = "ai.suggestion"
     AI_ANALYSIS_COMPLETE = "ai.analysis_complete"
     CONNECTION_ESTABLISHED = "connection_established"
+    TOKEN_EXPIRING = "token.expiring"
+    CONNECTION_CLOSING = "connection.closing"
 
 
 def _utc(value: datetime) -> datetime:
@@ -299,6 +301,25 @@ class ConnectionEstablishedData(Payload):
     server_time: UtcDatetime = Field(default_factory=utc_now)
 
 
+class TokenExpiringData(Payload):
+    """Sent to one connection ``TOKEN_EXPIRY_WARNING_SECONDS`` before its token expires: hand a
+    fresh one over with ``auth:refresh`` (or reconnect with one) before ``expires_at``."""
+
+    expires_at: UtcDatetime
+    seconds_left: float
+
+
+class ConnectionClosingData(Payload):
+    """Sent to one connection just before the server closes it (the client then sees
+    ``disconnect`` with reason ``"io server disconnect"`` and does not reconnect by itself).
+    ``reason``: ``token_expired`` (reconnect with a fresh token), ``rate_limited`` (it kept
+    sending past its limit), ``disconnected`` (an admin or a service closed it; ``by`` says who)."""
+
+    reason: Name
+    message: str = Field(max_length=500)
+    by: UUID | None = None
+
+
 #: The payload model of every event type.
 PAYLOADS: dict[EventType, type[Payload]] = {
     EventType.PROJECT_UPDATED: ProjectUpdatedData,
@@ -320,7 +341,20 @@ PAYLOADS: dict[EventType, type[Payload]] = {
     EventType.AI_SUGGESTION: AiSuggestionData,
     EventType.AI_ANALYSIS_COMPLETE: AiAnalysisCompleteData,
     EventType.CONNECTION_ESTABLISHED: ConnectionEstablishedData,
+    EventType.TOKEN_EXPIRING: TokenExpiringData,
+    EventType.CONNECTION_CLOSING: ConnectionClosingData,
 }
+
+#: Events the server itself sends (to one connection, or as part of a change it makes): nobody
+#: publishes them through the broadcaster or the publish API.
+SERVER_ONLY = frozenset(
+    {
+        EventType.CONNECTION_ESTABLISHED,
+        EventType.PROJECT_ACCESS_REVOKED,
+        EventType.TOKEN_EXPIRING,
+        EventType.CONNECTION_CLOSING,
+    }
+)
 
 
 _SOURCE: TypeAdapter[str] = TypeAdapter(Name)

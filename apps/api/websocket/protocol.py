@@ -19,6 +19,7 @@ class ClientEvent:
     UNSUBSCRIBE = "unsubscribe"
     DEBUG_ROOMS = "debug:rooms"
     PING = "ping"
+    REFRESH = "auth:refresh"
 
 
 class ErrorCode:
@@ -33,6 +34,10 @@ class ErrorCode:
     RATE_LIMITED = "RATE_LIMITED"
     UNKNOWN_EVENT = "UNKNOWN_EVENT"
     UNAVAILABLE = "UNAVAILABLE"
+    # connection refusals (connect_error's data.content.code)
+    CONNECTION_RATE_LIMITED = "CONNECTION_RATE_LIMITED"
+    TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
+    SERVER_FULL = "SERVER_FULL"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from uuid import UUID
 
 import socketio
 from fastapi import FastAPI
 
 from apps.api.backends import Backend
+from apps.api.cluster_stats import InstanceStats
 from apps.api.config import Settings
 from apps.api.events.emitter import DeliveryError
+from apps.api.websocket.connections import Connections
 from apps.api.websocket.models import Event
-from apps.api.websocket.protocol import NAMESPACE, SOCKETIO_PATH
+from apps.api.websocket.protocol import INSTANCE_ID, NAMESPACE, SOCKETIO_PATH
 from apps.transport import LocalManager, PublishError, RedisManager, SocketIOMiddleware, SocketServer, event_packet
 
 logger = logging.getLogger(__name__)
@@ -109,6 +112,23 @@ def subscription_live(sio: socketio.AsyncServer) -> bool:
     return bool(getattr(sio.manager, "listening", True))
 
 
+def connection_sids(sio: socketio.AsyncServer) -> list[str]:
+    """The sids of this instance's connections in namespace ``/ws``."""
+    return list(sio.manager.rooms.get(NAMESPACE, {}).get(None, {}))
+
+
+def instance_stats(sio: socketio.AsyncServer, connections: Connections) -> InstanceStats:
+    """This instance's numbers for the cluster's stats (apps.api.cluster_stats)."""
+    users = {str(conn.principal.user_id) for sid in connection_sids(sio) if (conn := connections.get(sid)) is not None}
+    return InstanceStats(
+        id=INSTANCE_ID,
+        connections=len(connections),
+        users=connections.users(),
+        rooms=room_sizes(sio),
+        user_ids=sorted(users),
+    )
+
+
 def room_sizes(sio: socketio.AsyncServer) -> dict[str, int]:
     """Members per room of namespace ``/ws`` on this instance (connections' own rooms left out)."""
     rooms = sio.manager.rooms.get(NAMESPACE, {})
@@ -152,6 +172,56 @@ class SocketIOEmitter:
         for sid in sids:
             await self._sio.emit(notice.type.value, notice.wire(), to=sid, namespace=NAMESPACE)
             await self._sio.leave_room(sid, room, namespace=NAMESPACE)
+
+
+class ConnectionCloser:
+    """Disconnects connections on every instance, each told by ``notice`` first: all of a user's
+    (``{"user": id}``, resolved on each instance through its connections table, whatever rooms the
+    connections are in) or one by its sid. Through the manager's ``disconnect_connections`` message
+    (apps/transport); on stock python-socketio, this instance's connections only."""
+
+    def __init__(self, sio: socketio.AsyncServer, connections: Connections) -> None:
+        self._sio = sio
+        self._connections = connections
+        manager = sio.manager
+        if isinstance(manager, LocalManager | RedisManager):
+            manager.select = self._select
+
+    def _select(self, namespace: str, target: Any) -> list[str] | None:
+        if namespace != NAMESPACE or not isinstance(target, dict) or not isinstance(target.get("user"), str):
+            return None
+        user = target["user"]
+        sids = []
+        for sid in connection_sids(self._sio):
+            conn = self._connections.get(sid)
+            if conn is not None and str(conn.principal.user_id) == user:
+                sids.append(sid)
+        return sids
+
+    async def close_user(self, user_id: UUID, notice: Event) -> int:
+        """Disconnect ``user_id``'s connections everywhere; returns how many were on this instance.
+        Raises DeliveryError when the other instances could not be told (Redis unreachable)."""
+        return await self._close({"user": str(user_id)}, notice)
+
+    async def close_sid(self, sid: str, notice: Event) -> int:
+        """Disconnect the connection ``sid`` wherever it is; returns 1 when it was on this instance."""
+        return await self._close({"sid": sid}, notice)
+
+    async def _close(self, target: dict[str, str], notice: Event) -> int:
+        manager = self._sio.manager
+        if not isinstance(manager, LocalManager | RedisManager):  # stock: here only
+            sids = self._select(NAMESPACE, target) if "user" in target else None
+            if sids is None:
+                sids = [target["sid"]] if target["sid"] in connection_sids(self._sio) else []
+            for sid in sids:
+                await self._sio.emit(notice.type.value, notice.wire(), to=sid, namespace=NAMESPACE)
+                await self._sio.disconnect(sid, namespace=NAMESPACE, ignore_queue=True)
+            return len(sids)
+        try:
+            packet = event_packet(NAMESPACE, notice.type.value, notice.wire_json())
+            return await manager.disconnect_connections(NAMESPACE, target, notice=packet)
+        except PublishError as exc:
+            raise DeliveryError(str(exc)) from None
 
 
 _ALIAS_PREFIX = f"{NAMESPACE}/{SOCKETIO_PATH}"

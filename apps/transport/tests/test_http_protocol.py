@@ -6,12 +6,13 @@ requests within the limits are served as ever."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Iterator
 
 import pytest
 
-from apps.transport.http_protocol import HeadLimitsProtocol
+from apps.transport.http_protocol import REFUSAL_CODES, HeadLimitsProtocol
 from apps.transport.tests.support import (
     exchange,
     masked_text_frame,
@@ -165,6 +166,9 @@ async def test_an_oversized_request_head_is_refused_with_its_status_one_log_line
         started = asyncio.get_running_loop().time()
         response = await exchange(port, head(websocket), timeout=HEAD_TIMEOUT * 0.8)  # closed before head_timeout
         assert status_of(response) == status, response[:200]
+        head_part, _, body = response.partition(b"\r\n\r\n")
+        assert b"content-type: application/json" in head_part.lower()
+        assert json.loads(body)["error"]["code"] == REFUSAL_CODES[status]  # the JSON error shape
         assert asyncio.get_running_loop().time() - started < HEAD_TIMEOUT
         lines = protocol_lines(logs)  # one, from this protocol (not a refusal further on)
         assert len(lines) == 1 and lines[0].startswith("apps.transport.http_protocol: "), lines
