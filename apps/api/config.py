@@ -129,6 +129,12 @@ class Settings(BaseSettings):
     http_header_timeout_seconds: float = Field(default=30, gt=0)
     max_rooms_per_connection: int = Field(default=100, ge=2)
     disconnect_on_token_expiry: bool = True
+    # Connection state recovery (WEBSOCKET_API.md, "Reconnecting without losing events"): a client
+    # that reconnects within the window gets back its rooms and the events it missed
+    # (socket.recovered). The history keeps at most RECOVERY_MAX_EVENTS events, none older than the window.
+    recovery_enabled: bool = True
+    recovery_window_seconds: float = Field(default=120, gt=0, le=86400)
+    recovery_max_events: int = Field(default=10000, ge=1, le=10_000_000)
     # token.expiring is sent this long before a connection's token expires (0: not sent)
     token_expiry_warning_seconds: float = Field(default=60, ge=0)
 

@@ -9,6 +9,7 @@ from apps.transport.engine_server import EngineServer
 from apps.transport.engine_socket import EngineSocket
 from apps.transport.framing import FramedStr
 from apps.transport.managers import LocalManager, event_packet
+from apps.transport.recovery import Recovery
 from apps.transport.redis_manager import PacketPublisher, PublishError, RedisManager, redacted
 from apps.transport.server import SocketServer
 from apps.transport.serving import uvicorn_options
@@ -20,6 +21,7 @@ __all__ = [
     "LocalManager",
     "PacketPublisher",
     "PublishError",
+    "Recovery",
     "RedisManager",
     "SocketIOMiddleware",
     "SocketServer",

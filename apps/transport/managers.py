@@ -21,33 +21,60 @@ from socketio import packet as sio_packet
 
 from apps.transport.engine_socket import EngineSocket, stats
 from apps.transport.framing import FramedStr
+from apps.transport.recovery import Recovery
+
+
+def message(encoded: str) -> eio_packet.Packet:
+    """The Engine.IO MESSAGE carrying the Socket.IO packet ``encoded``, its WebSocket frame built."""
+    pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+    pkt.encode_cache = FramedStr.of("4" + encoded)
+    return pkt
 
 
 async def deliver_packet(
-    manager: socketio.AsyncManager, encoded: str, namespace: str, room: Any, skip_sid: Any = None
+    manager: socketio.AsyncManager,
+    encoded: str,
+    namespace: str,
+    room: Any,
+    skip_sid: Any = None,
+    position: tuple[int, int] | None = None,
+    plain: str | None = None,
 ) -> None:
     """Send the encoded Socket.IO packet ``encoded`` to this process's clients in ``room`` (a room,
-    a sid or a list of them; each recipient once): framed once, written to each recipient."""
+    a sid or a list of them; each recipient once): framed once, written to each recipient. A
+    connection that is recovering (:meth:`RoomIndex.hold`) gets it once what it missed has been
+    sent (``position``: where the packet stands in the history, if it is in it). ``plain``: the
+    packet without its offset, for the connections that take none (:attr:`RoomIndex.plain_sids`)."""
     if namespace not in manager.rooms:
         return
-    pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
-    pkt.encode_cache = FramedStr.of("4" + encoded)
+    pkt = message(encoded)
     skip = set(skip_sid) if isinstance(skip_sid, list) else {skip_sid}
     sockets = manager.server.eio.sockets
+    held = getattr(manager, "held", None)
+    plain_sids = getattr(manager, "plain_sids", None) if plain is not None else None
+    plain_pkt = None
     others = []
     delivered = 0
     for sid, eio_sid in manager.get_participants(namespace, room):
         socket = sockets.get(eio_sid)
         if socket is None or sid in skip:
             continue
+        this = pkt
+        if plain_sids and sid in plain_sids:
+            if plain_pkt is None:
+                plain_pkt = message(plain) if plain is not None else pkt
+            this = plain_pkt
+        if held and sid in held:
+            held[sid].append((position, this))
+            continue
         delivered += 1
         if type(socket) is EngineSocket:
-            socket.send_nowait(pkt)
+            socket.send_nowait(this)
         else:  # an Engine.IO server other than EngineServer
-            others.append(socket)
+            others.append((socket, this))
     stats.deliveries += delivered
-    for socket in others:
-        await socket.send(pkt)
+    for socket, this in others:
+        await socket.send(this)
 
 
 async def deliver_locally(
@@ -138,13 +165,46 @@ class RoomIndex:
     which makes connecting and disconnecting N clients O(N^2)."""
 
     rooms: dict[Any, dict[Any, Any]]
+    server: Any
     callbacks: dict[str, Any]
     pending_connect: dict[str, list[str]]
     pending_disconnect: dict[str, list[str]]
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, recovery: Recovery | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._rooms_of: dict[tuple[str, str], set[Any]] = {}
+        #: connection state recovery (None: off)
+        self.recovery = recovery
+        #: the connections that take no offsets after the arguments (see recovery.speaks_recovery)
+        self.plain_sids: set[str] = set()
+        #: sid -> what was sent to it while it recovers: (its position in the history, the packet)
+        self.held: dict[str, list[tuple[tuple[int, int] | None, eio_packet.Packet]]] = {}
+
+    def hold(self, sid: str) -> None:
+        """Keep what is sent to ``sid`` from now on until :meth:`release`."""
+        self.held.setdefault(sid, [])
+
+    def release(self, sid: str, after: tuple[int, int] | None, missed: list[str]) -> None:
+        """Send ``sid`` the packets ``missed`` (it missed them: they are in the history up to
+        ``after``), then what was held for it, less what ``missed`` had already; stop holding."""
+        held = self.held.pop(sid, None)
+        socket = self._socket_of(sid)
+        if socket is None:
+            return
+        for encoded in missed:
+            socket.send_nowait(message(encoded))
+        for position, pkt in held or ():
+            if position is None or after is None or position > after:
+                socket.send_nowait(pkt)
+        stats.deliveries += len(missed) + len(held or ())
+
+    def _socket_of(self, sid: str) -> Any:
+        for rooms in self.rooms.values():
+            eio_sid = rooms.get(None, {}).get(sid)
+            if eio_sid is not None:
+                socket = self.server.eio.sockets.get(eio_sid)
+                return socket if type(socket) is EngineSocket else None
+        return None
 
     def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)  # type: ignore[misc]
@@ -200,8 +260,15 @@ class LocalManager(RoomIndex, socketio.AsyncManager):  # type: ignore[misc]
     """The client manager of a single instance: python-socketio's, with :func:`deliver_locally`."""
 
     async def emit_json(self, event: str, json_args: str, namespace: str, room: Any) -> None:
-        """Emit ``event`` whose one argument is already JSON text."""
-        await deliver_packet(self, event_packet(namespace, event, json_args), namespace, room)
+        """Emit ``event`` whose one argument is already JSON text (with recovery on: recorded in
+        the history, its offset after it)."""
+        if self.recovery is None:
+            await deliver_packet(self, event_packet(namespace, event, json_args), namespace, room)
+            return
+        head = _packet_head(namespace, event)
+        position, packet = self.recovery.history.append(namespace, room, head, json_args)
+        plain = f"{head}{json_args}]" if self.plain_sids else None
+        await deliver_packet(self, packet, namespace, room, position=position, plain=plain)
 
     async def evict(self, namespace: str, room: Any, *, only_in: Any = None, notice: str | None = None) -> None:
         """Take every connection out of ``room`` (or only those also in ``only_in``), telling each

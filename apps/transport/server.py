@@ -40,6 +40,7 @@ from apps.transport.admin import InstrumentedServer
 from apps.transport.conversation import Conversations, TooManyPending
 from apps.transport.engine_server import EngineServer
 from apps.transport.engine_socket import spawn
+from apps.transport.recovery import RECOVERABLE_REASONS, Recorded, Recovery, Session, new_pid, speaks_recovery
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,10 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         self.max_attachments = max_attachments
         self._conversations = Conversations(max_pending=max_pending_events, on_error=self._job_failed)
         self._connect_timers: dict[str, asyncio.TimerHandle] = {}
+        self._pids: dict[str, str] = {}
+        self._missed: dict[str, list[Recorded]] = {}  # sid -> the private id of its session (recovery on)
+        self._offered: dict[str, tuple[Session, str]] = {}  # sid -> the session it may recover, from
+        self._kept: dict[str, dict[str, Any]] = {}  # sid -> what the connect handler keeps with it
         self.eio.on("message", self._on_eio_message)  # a plain function: called in order, at once
         self.eio.on("disconnect", self._on_eio_disconnect)
 
@@ -162,6 +167,102 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
             self._conversations.add(eio_sid, self._handle_eio_disconnect(eio_sid, reason))
         else:
             await self._handle_eio_disconnect(eio_sid, reason)
+
+    # --- connection state recovery ---------------------------------------------------------
+
+    @property
+    def recovery(self) -> Recovery | None:
+        """The manager's recovery (None: off)."""
+        return getattr(self.manager, "recovery", None)
+
+    def recovering(self, sid: str) -> Session | None:
+        """In a connect handler: the session the connection asks to recover (its rooms, what was
+        kept with it), or None. The handler decides: it joins the rooms it still allows, or calls
+        :meth:`decline_recovery`."""
+        offered = self._offered.get(sid)
+        return offered[0] if offered is not None else None
+
+    def decline_recovery(self, sid: str) -> None:
+        """In a connect handler: connect this connection as a new one (``recovered`` false)."""
+        if self._offered.pop(sid, None) is not None:
+            self.manager.release(sid, None, [])
+
+    def keep_with_session(self, sid: str, data: dict[str, Any]) -> None:
+        """In a connect handler: what to keep with the connection's session (given back by
+        :meth:`recovering` when it recovers)."""
+        self._kept[sid] = data
+
+    async def _offer(self, eio_sid: str, sid: str, namespace: str, data: Any) -> None:
+        recovery = self.recovery
+        if recovery is None:
+            return
+        if not speaks_recovery(self.environ.get(eio_sid, {}).get("QUERY_STRING", ""), data):
+            self.manager.plain_sids.add(sid)  # no offsets, no session
+            return
+        if not isinstance(data, dict):
+            return
+        pid, offset = data.get("pid"), data.get("offset")
+        if not isinstance(pid, str):
+            return
+        session = recovery.sessions.get(pid)
+        if session is None or session.namespace != namespace:
+            return
+        offset = offset if isinstance(offset, str) else session.offset
+        if not recovery.history.covers(offset):
+            return
+        self._offered[sid] = (session, offset)
+        self.manager.hold(sid)  # what is sent to it now waits until what it missed has been sent
+
+    async def _connected(self, sid: str, namespace: str) -> dict[str, Any]:
+        """After the connect handler accepted ``sid``: its session (recovered or new), and the
+        CONNECT reply's data. Returns the missed packets to send after the reply."""
+        recovery = self.recovery
+        if recovery is None or sid in self.manager.plain_sids:
+            self._kept.pop(sid, None)
+            return {"sid": sid}
+        kept = self._kept.pop(sid, {})
+        offered = self._offered.pop(sid, None)
+        if offered is not None:
+            session, offset = offered
+            rooms = [room for room in self.manager.get_rooms(sid, namespace) if room != sid]
+            missed = recovery.history.since(namespace, offset, rooms)
+            taken = recovery.sessions.take(session.pid, sid) if missed is not None else None
+            if taken is not None and missed is not None:
+                taken.data = kept or taken.data
+                self._pids[sid] = taken.pid
+                self._missed[sid] = missed
+                return {"sid": sid, "pid": taken.pid}
+            self.manager.release(sid, None, [])
+        session = Session(new_pid(), sid, namespace, recovery.history.last(), data=kept)
+        recovery.sessions.open(session)
+        self._pids[sid] = session.pid
+        return {"sid": sid, "pid": session.pid}
+
+    def _send_missed(self, sid: str) -> None:
+        missed = self._missed.pop(sid, None)
+        if missed is not None:
+            self.manager.release(sid, missed[-1].position if missed else None, [event.packet for event in missed])
+
+    def _forget(self, sid: str, namespace: str, reason: Any) -> None:
+        """``sid`` left ``namespace``: its session is kept for the window when it was lost (not
+        closed on purpose), with the rooms it was in."""
+        self._offered.pop(sid, None)
+        self._kept.pop(sid, None)
+        self._missed.pop(sid, None)
+        self.manager.plain_sids.discard(sid)
+        pid = self._pids.pop(sid, None)
+        recovery = self.recovery
+        if pid is None or recovery is None:
+            return
+        rooms = [room for room in self.manager.get_rooms(sid, namespace) if room != sid]
+        recovery.sessions.closed(pid, sid, rooms, recoverable=reason in RECOVERABLE_REASONS)
+
+    async def _trigger_event(self, event: str, namespace: str, *args: Any) -> Any:
+        """python-socketio's; before a connection's ``disconnect`` handler (every way it goes),
+        its session is put aside for recovery."""
+        if event == "disconnect" and args and self.recovery is not None:
+            self._forget(args[0], namespace, args[1] if len(args) > 1 else None)
+        return await super()._trigger_event(event, namespace, *args)
 
     # --- what clients send ----------------------------------------------------------------
 
@@ -265,6 +366,7 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         if sid is None:
             await self._refuse_connect(eio_sid, namespace, "Already connected to this namespace")
             return
+        await self._offer(eio_sid, sid, namespace, data)
         if self.always_connect:
             await self._send_packet(eio_sid, self.packet_class(sio_packet.CONNECT, {"sid": sid}, namespace=namespace))
             await self.manager.connect(sid, namespace)
@@ -289,6 +391,11 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
             success = False
 
         if success is False:
+            self._offered.pop(sid, None)
+            self._kept.pop(sid, None)
+            if self.recovery is not None:
+                self.manager.release(sid, None, [])
+                self.manager.plain_sids.discard(sid)
             if self.always_connect:
                 self.manager.pre_disconnect(sid, namespace)
                 await self._send_packet(
@@ -302,8 +409,10 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
             return
         self._cancel_connect_timer(eio_sid)
         if not self.always_connect:
-            await self._send_packet(eio_sid, self.packet_class(sio_packet.CONNECT, {"sid": sid}, namespace=namespace))
+            reply = await self._connected(sid, namespace)
+            await self._send_packet(eio_sid, self.packet_class(sio_packet.CONNECT, reply, namespace=namespace))
             await self.manager.connect(sid, namespace)
+            self._send_missed(sid)
 
     async def _refuse_connect(self, eio_sid: str, namespace: str, message: str) -> None:
         await self._send_packet(

@@ -156,6 +156,7 @@ class ClientEvents:
         rooms = auto_rooms(principal)
         for room in rooms:
             await self.sio.enter_room(sid, room, namespace=NAMESPACE)
+        await self._recover_rooms(conn, set(rooms))
         self._schedule_expiry(conn)
         metrics.connection_opened()
         # The CONNECT packet is sent when this handler returns; the welcome follows it.
@@ -163,6 +164,48 @@ class ClientEvents:
         logger.info(
             "websocket connected sid=%s user=%s remote=%s admin=%s", sid, principal.user_id, remote, principal.is_admin
         )
+        return True
+
+    async def _recover_rooms(self, conn: Connection, auto: set[str]) -> None:
+        """A connection recovering its session (the transport's connection state recovery) gets
+        back the rooms it was in that it may still be in: the session must be its user's, and
+        each room is checked again as ``subscribe`` checks it (a project's membership too; a
+        check that cannot be made leaves the room out). What it missed of those rooms follows."""
+        recovering = getattr(self.sio, "recovering", None)
+        if recovering is None:  # stock python-socketio: no recovery
+            return
+        user = str(conn.principal.user_id)
+        self.sio.keep_with_session(conn.sid, {"user": user})
+        session = recovering(conn.sid)
+        if session is None:
+            return
+        if session.data.get("user") != user:
+            logger.warning("websocket recovery refused sid=%s user=%s: another user's session", conn.sid, user)
+            self.sio.decline_recovery(conn.sid)
+            return
+        restored: list[str] = []
+        left_out: list[str] = []
+        for name in session.rooms:
+            if name in auto:
+                continue
+            if len(restored) + len(auto) >= self.max_rooms or not await self._may_rejoin(conn, name):
+                left_out.append(name)
+                continue
+            await self.sio.enter_room(conn.sid, name, namespace=NAMESPACE)
+            restored.append(name)
+        logger.info(
+            "websocket recovering sid=%s user=%s rooms=%d left_out=%d", conn.sid, user, len(restored), len(left_out)
+        )
+
+    async def _may_rejoin(self, conn: Connection, name: str) -> bool:
+        try:
+            room = parse_room(name)
+            is_member = False
+            if room.kind is RoomKind.PROJECT and room.id is not None and not conn.principal.is_admin:
+                is_member = await self._is_member(conn, room.id) is True
+            check_access(conn.principal, room, is_project_member=is_member)
+        except RoomError:
+            return False
         return True
 
     def _refuse(self, sid: str, remote: str, code: str, message: str, retry_after: float | None = None) -> NoReturn:

@@ -30,7 +30,15 @@ from apps.api.events.emitter import DeliveryError
 from apps.api.websocket.connections import Connections
 from apps.api.websocket.models import Event
 from apps.api.websocket.protocol import INSTANCE_ID, NAMESPACE, SOCKETIO_PATH
-from apps.transport import LocalManager, PublishError, RedisManager, SocketIOMiddleware, SocketServer, event_packet
+from apps.transport import (
+    LocalManager,
+    PublishError,
+    Recovery,
+    RedisManager,
+    SocketIOMiddleware,
+    SocketServer,
+    event_packet,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +56,7 @@ def create_server(settings: Settings, backend: Backend) -> socketio.AsyncServer:
     through the backend's Redis."""
     stock = settings.websocket_transport == "stock"
     options: dict[str, Any] = {
-        "client_manager": _stock_manager(backend) if stock else _manager(backend),
+        "client_manager": _stock_manager(backend) if stock else _manager(settings, backend),
         "async_mode": "asgi",
         "namespaces": "*",  # every namespace reaches a handler; all but /ws are refused with a reason
         "cors_allowed_origins": "*" if settings.cors_origins == ["*"] else settings.cors_origins,
@@ -68,9 +76,14 @@ def create_server(settings: Settings, backend: Backend) -> socketio.AsyncServer:
     )
 
 
-def _manager(backend: Backend) -> LocalManager | RedisManager:
+def _manager(settings: Settings, backend: Backend) -> LocalManager | RedisManager:
     if backend.redis is None:
-        return LocalManager()
+        recovery = None
+        if settings.recovery_enabled:
+            recovery = Recovery.in_memory(
+                window=settings.recovery_window_seconds, max_events=settings.recovery_max_events
+            )
+        return LocalManager(recovery=recovery)
     link = backend.redis
     return RedisManager(
         link.url, channel=link.channel, timeout=link.timeout, client=link.client, logger=_library_logger("socketio")
