@@ -25,7 +25,7 @@ from apps.api.errors import install_error_handlers
 from apps.api.events.broadcaster import get_broadcaster
 from apps.api.http_limits import AddressLimit, HttpLimiter
 from apps.api.logging_setup import configure_logging
-from apps.api.routes import admin, events, github, health, projects, websocket_info
+from apps.api.routes import admin, events, github, health, projects, rooms, websocket_info
 from apps.api.routes import metrics as metrics_route
 from apps.api.serving import tune_garbage_collector
 from apps.api.stores.handled import HandledRequests
@@ -144,7 +144,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else:
             logger.info("websocket running as a single instance (REDIS_URL is not set)")
         redis_live = (lambda: server.subscription_live(sio)) if backend.redis is not None else None
-        api.state.metrics = await metrics.start(settings, connections, redis_live)  # sampler, METRICS_PORT
+        outbox = server.outbox_size(sio) if backend.redis is not None else None
+        api.state.metrics = await metrics.start(settings, connections, redis_live, outbox)  # sampler, METRICS_PORT
         emitter = server.SocketIOEmitter(sio)
         previous = get_broadcaster().swap(emitter, workflow_routes)
         tune_garbage_collector()
@@ -173,6 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.state.http_limits = http_limits
     api.state.cluster_stats = cluster_stats
     api.state.connection_closer = server.ConnectionCloser(sio, connections)
+    api.state.room_history = server.RoomHistory(sio)
     # inside CORS (a 429 carries its headers), outside everything else; Socket.IO never reaches it
     api.add_middleware(AddressLimit, limiter=lambda: http_limits)
     api.add_middleware(
@@ -186,6 +188,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(api)
     for module in (health, projects, events, github, websocket_info):
         api.include_router(module.router)
+    api.include_router(rooms.router)  # GET /api/v1/rooms/{room}/events?since=
     api.include_router(admin.router)  # DELETE /api/v1/websocket/users/{id}/connections, .../connections/{sid}
     api.include_router(metrics_route.router)  # GET /metrics (404 unless METRICS_TOKEN is set)
     server.mount(api, sio)  # outermost: Socket.IO requests never reach the HTTP middleware

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     redis_channel: str = Field(default="socketio", min_length=1)
     redis_key_prefix: str = "events:"
     redis_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+    # With recovery on: events Redis cannot take wait in each publishing process's outbox, in
+    # order, at most this many (then DeliveryError / 503)
+    redis_outbox_max_events: int = Field(default=10_000, ge=1, le=1_000_000)
 
     # Database: projects and members. A SQLite file by default (nothing to install or start);
     # PostgreSQL in production, e.g. postgresql+asyncpg://user:password@host/db

@@ -66,6 +66,7 @@ BROADCAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 LOOP_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 REDIS_UP = "events_redis_up"
+REDIS_OUTBOX = "events_redis_outbox_events"
 _LABEL_VALUE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
@@ -124,6 +125,7 @@ class _Metrics:
             buckets=LOOP_LAG_BUCKETS,
         )
         self._redis_up: Gauge | None = None
+        self._outbox: Gauge | None = None
         # label children, looked up once per value
         self._children: dict[tuple[int, str], Any] = {}
 
@@ -134,6 +136,16 @@ class _Metrics:
         if found is None:
             found = self._children[key] = metric.labels(label)
         return found
+
+    def outbox(self) -> Gauge:
+        """Created once an app with an outbox is watched."""
+        if self._outbox is None:
+            self._outbox = Gauge(
+                REDIS_OUTBOX,
+                "Events waiting in this process for Redis to take them (connection state recovery's outbox)",
+                multiprocess_mode="livesum",
+            )
+        return self._outbox
 
     def redis_up(self) -> Gauge:
         """Created once an app with Redis is watched: a service without Redis exports none."""
@@ -203,6 +215,7 @@ class _Watched:
 
     connections: Sized
     redis_live: Callable[[], bool] | None
+    outbox: Callable[[], int] | None = None
 
 
 _watched: list[_Watched] = []
@@ -228,6 +241,9 @@ def sample() -> None:
         live = [app.redis_live() for app in watched if app.redis_live is not None]
         if live:
             metrics.redis_up().set(1 if all(live) else 0)
+        waiting = [app.outbox() for app in watched if app.outbox is not None]
+        if waiting:
+            metrics.outbox().set(sum(waiting))
 
 
 async def _sampler() -> None:
@@ -363,10 +379,15 @@ def enabled(settings: Settings) -> bool:
     return settings.metrics_token is not None or settings.metrics_port is not None
 
 
-async def start(settings: Settings, connections: Sized, redis_live: Callable[[], bool] | None = None) -> Running:
+async def start(
+    settings: Settings,
+    connections: Sized,
+    redis_live: Callable[[], bool] | None = None,
+    outbox: Callable[[], int] | None = None,
+) -> Running:
     """Watch an app's ``connections`` (and its Redis subscription); with metrics on, also start
     the sampler, and the ``METRICS_PORT`` listener when it is set."""
-    running = Running(_Watched(connections, redis_live))
+    running = Running(_Watched(connections, redis_live, outbox))
     _watched.append(running.watched)
     if not enabled(settings):
         return running
@@ -394,9 +415,9 @@ def metric_names() -> list[str]:
     """The names of the metrics a scrape shows, as it shows them (counters with ``_total``; a
     histogram's ``_bucket``, ``_sum`` and ``_count`` under its name), ``events_redis_up``
     included (shown only by a service with Redis)."""
-    names = [REDIS_UP]
+    names = [REDIS_UP, REDIS_OUTBOX]
     for value in vars(_metrics()).values():
         name, kind = getattr(value, "_name", None), getattr(value, "_type", None)
-        if isinstance(name, str) and name != REDIS_UP:
+        if isinstance(name, str) and name not in (REDIS_UP, REDIS_OUTBOX):
             names.append(f"{name}_total" if kind == "counter" else name)
     return sorted(names)

@@ -9,7 +9,7 @@ from apps.transport.engine_server import EngineServer
 from apps.transport.engine_socket import EngineSocket
 from apps.transport.framing import FramedStr
 from apps.transport.managers import LocalManager, event_packet
-from apps.transport.recovery import Recovery
+from apps.transport.recovery import MemoryRecovery, Recovery, RecoveryUnavailable
 from apps.transport.redis_manager import PacketPublisher, PublishError, RedisManager, redacted
 from apps.transport.server import SocketServer
 from apps.transport.serving import uvicorn_options
@@ -19,9 +19,11 @@ __all__ = [
     "EngineSocket",
     "FramedStr",
     "LocalManager",
+    "MemoryRecovery",
     "PacketPublisher",
     "PublishError",
     "Recovery",
+    "RecoveryUnavailable",
     "RedisManager",
     "SocketIOMiddleware",
     "SocketServer",

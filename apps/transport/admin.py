@@ -138,8 +138,8 @@ class InstrumentedServer(InstrumentedAsyncServer):  # type: ignore[misc]
             self._upgrade_checks.add(task)
             task.add_done_callback(self._upgrade_checks.discard)
 
-    async def _emit_json(self, event: str, json_args: str, namespace: str, room: Any) -> None:
-        await self._manager_emit_json(event, json_args, namespace, room)
+    async def _emit_json(self, event: str, json_args: str, namespace: str, room: Any, **kwargs: Any) -> None:
+        await self._manager_emit_json(event, json_args, namespace, room, **kwargs)
         if namespace == self.admin_namespace:
             return
         participants = [sid for sid, _ in self.sio.manager.get_participants(namespace, room)]

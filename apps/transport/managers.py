@@ -10,6 +10,7 @@ callback or binary data take python-socketio's path.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 from collections.abc import Callable, Iterable
@@ -21,7 +22,11 @@ from socketio import packet as sio_packet
 
 from apps.transport.engine_socket import EngineSocket, stats
 from apps.transport.framing import FramedStr
-from apps.transport.recovery import Recovery
+from apps.transport.recovery import MemoryRecovery, Recovery
+
+#: How long what reaches an instance from the channel after a recovery is checked against what
+#: the recovery sent (the channel's messages are in flight for milliseconds).
+FLOOR_SECONDS = 10.0
 
 
 def message(encoded: str) -> eio_packet.Packet:
@@ -51,6 +56,7 @@ async def deliver_packet(
     skip = set(skip_sid) if isinstance(skip_sid, list) else {skip_sid}
     sockets = manager.server.eio.sockets
     held = getattr(manager, "held", None)
+    floors = getattr(manager, "floors", None) if position is not None else None
     plain_sids = getattr(manager, "plain_sids", None) if plain is not None else None
     plain_pkt = None
     others = []
@@ -67,6 +73,8 @@ async def deliver_packet(
         if held and sid in held:
             held[sid].append((position, this))
             continue
+        if floors and sid in floors and position is not None and position <= floors[sid]:
+            continue  # sent to it already, with what it missed
         delivered += 1
         if type(socket) is EngineSocket:
             socket.send_nowait(this)
@@ -150,11 +158,11 @@ async def disconnect_locally(
 
 def event_packet(namespace: str, event: str, json_args: str) -> str:
     """The Socket.IO EVENT packet text for ``event`` with one argument given as JSON text."""
-    return f"{_packet_head(namespace, event)}{json_args}]"
+    return f"{packet_head(namespace, event)}{json_args}]"
 
 
 @functools.lru_cache(maxsize=256)
-def _packet_head(namespace: str, event: str) -> str:
+def packet_head(namespace: str, event: str) -> str:
     prefix = "2" if namespace == "/" else f"2{namespace},"
     return f"{prefix}[{json.dumps(event)},"
 
@@ -177,6 +185,9 @@ class RoomIndex:
         self.recovery = recovery
         #: the connections that take no offsets after the arguments (see recovery.speaks_recovery)
         self.plain_sids: set[str] = set()
+        #: sid -> the newest position of what was sent to it as missed: what reaches this instance
+        #: later from the channel up to there is not sent again (kept :data:`FLOOR_SECONDS`)
+        self.floors: dict[str, tuple[int, int]] = {}
         #: sid -> what was sent to it while it recovers: (its position in the history, the packet)
         self.held: dict[str, list[tuple[tuple[int, int] | None, eio_packet.Packet]]] = {}
 
@@ -191,7 +202,13 @@ class RoomIndex:
         socket = self._socket_of(sid)
         if socket is None:
             return
+        if after is not None:
+            self.floors[sid] = after
+            asyncio.get_running_loop().call_later(FLOOR_SECONDS, self.floors.pop, sid, None)
+        plain = sid in self.plain_sids
         for encoded in missed:
+            if plain:  # it takes no offsets: the packet ends with one ("...,"<offset>"]")
+                encoded = encoded[: encoded.rindex(',"')] + "]"
             socket.send_nowait(message(encoded))
         for position, pkt in held or ():
             if position is None or after is None or position > after:
@@ -259,14 +276,15 @@ class RoomIndex:
 class LocalManager(RoomIndex, socketio.AsyncManager):  # type: ignore[misc]
     """The client manager of a single instance: python-socketio's, with :func:`deliver_locally`."""
 
-    async def emit_json(self, event: str, json_args: str, namespace: str, room: Any) -> None:
+    async def emit_json(self, event: str, json_args: str, namespace: str, room: Any, key: str = "") -> None:
         """Emit ``event`` whose one argument is already JSON text (with recovery on: recorded in
         the history, its offset after it)."""
-        if self.recovery is None:
+        recovery = self.recovery
+        if not isinstance(recovery, MemoryRecovery):
             await deliver_packet(self, event_packet(namespace, event, json_args), namespace, room)
             return
-        head = _packet_head(namespace, event)
-        position, packet = self.recovery.history.append(namespace, room, head, json_args)
+        head = packet_head(namespace, event)
+        position, packet = recovery.append(namespace, room, head, json_args)
         plain = f"{head}{json_args}]" if self.plain_sids else None
         await deliver_packet(self, packet, namespace, room, position=position, plain=plain)
 

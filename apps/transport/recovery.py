@@ -71,6 +71,12 @@ def format_offset(position: tuple[int, int]) -> str:
     return f"{position[0]}-{position[1]}"
 
 
+def without_offset(packet: str, offset: str) -> str:
+    """The EVENT packet text ``packet`` (which ends with its offset) without it."""
+    suffix = f',"{offset}"]'
+    return packet[: -len(suffix)] + "]" if packet.endswith(suffix) else packet
+
+
 def with_offset(packet_head: str, json_args: str, offset: str) -> str:
     """The EVENT packet text whose arguments are ``json_args`` followed by the offset (``packet_head``
     is ``2/ns,["event",``)."""
@@ -233,13 +239,72 @@ class MemorySessions:
                 del self._sessions[pid]
 
 
-@dataclass(eq=False)
+class RecoveryUnavailable(RuntimeError):
+    """The recovery's store (Redis) cannot be reached: the connection is connected afresh."""
+
+
 class Recovery:
-    """What a manager keeps for recovery: the history of what was sent to rooms, and the sessions."""
+    """What the server asks of recovery (all awaitable, whether kept in memory or in Redis): the
+    sessions by private id, and the history of what was sent to rooms."""
 
-    history: MemoryHistory
-    sessions: MemorySessions
+    window: float
 
-    @classmethod
-    def in_memory(cls, *, window: float, max_events: int) -> Recovery:
-        return cls(MemoryHistory(max_events=max_events, max_age=window), MemorySessions(window=window))
+    async def session(self, pid: str) -> Session | None:
+        raise NotImplementedError
+
+    async def open(self, session: Session) -> None:
+        raise NotImplementedError
+
+    async def take(self, pid: str, sid: str) -> Session | None:
+        raise NotImplementedError
+
+    async def closed(self, pid: str, sid: str, rooms: list[str], *, recoverable: bool) -> None:
+        raise NotImplementedError
+
+    async def rooms_changed(self, pid: str, rooms: list[str]) -> None:
+        """The open session ``pid`` is now in ``rooms`` (kept where it outlives this process)."""
+
+    async def covers(self, offset: str) -> bool:
+        raise NotImplementedError
+
+    async def since(self, namespace: str, offset: str, rooms: Iterable[str]) -> list[Recorded] | None:
+        raise NotImplementedError
+
+    async def last(self) -> str:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Stop what runs in the background."""
+
+
+class MemoryRecovery(Recovery):
+    """Recovery in this process's memory (one instance)."""
+
+    def __init__(self, *, window: float, max_events: int, clock: Callable[[], float] = time.time) -> None:
+        self.window = window
+        self.history = MemoryHistory(max_events=max_events, max_age=window, clock=clock)
+        self.sessions = MemorySessions(window=window, clock=clock)
+
+    async def session(self, pid: str) -> Session | None:
+        return self.sessions.get(pid)
+
+    async def open(self, session: Session) -> None:
+        self.sessions.open(session)
+
+    async def take(self, pid: str, sid: str) -> Session | None:
+        return self.sessions.take(pid, sid)
+
+    async def closed(self, pid: str, sid: str, rooms: list[str], *, recoverable: bool) -> None:
+        self.sessions.closed(pid, sid, rooms, recoverable=recoverable)
+
+    async def covers(self, offset: str) -> bool:
+        return self.history.covers(offset)
+
+    async def since(self, namespace: str, offset: str, rooms: Iterable[str]) -> list[Recorded] | None:
+        return self.history.since(namespace, offset, rooms)
+
+    async def last(self) -> str:
+        return self.history.last()
+
+    def append(self, namespace: str, room: Any, packet_head: str, json_args: str) -> tuple[tuple[int, int], str]:
+        return self.history.append(namespace, room, packet_head, json_args)

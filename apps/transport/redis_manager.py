@@ -26,7 +26,9 @@ changes:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -41,7 +43,10 @@ from apps.transport.managers import (
     disconnect_locally,
     event_packet,
     evict_locally,
+    packet_head,
 )
+from apps.transport.recovery import format_offset, parse_offset
+from apps.transport.redis_recovery import RedisRecovery, recorded_message
 
 #: Our messages on the channel: an EVENT packet already encoded; connections to take out of a room.
 EMIT_PACKET = "emit_packet"
@@ -78,8 +83,24 @@ class PacketPublisher:
     uses (a worker, a script), and what :class:`RedisManager` publishes through. Every publish
     raises :class:`PublishError` when Redis cannot be reached within ``timeout``."""
 
-    def __init__(self, client: aioredis.Redis, *, url: str, channel: str, timeout: float, host_id: str = "") -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        url: str,
+        channel: str,
+        timeout: float,
+        host_id: str = "",
+        recovery: RedisRecovery | None = None,
+        outbox_max: int = 10_000,
+    ) -> None:
         self.client = client
+        #: with connection state recovery: every event is added to the history as it is published
+        self.recovery = recovery
+        #: events Redis could not take yet, oldest first (with recovery only; see publish_event)
+        self.outbox: deque[tuple[str, str, Any, tuple[str, str, str], str]] = deque()
+        self.outbox_max = outbox_max
+        self._drain: asyncio.Task[None] | None = None
         self.url = url
         self.channel = channel
         self.timeout = timeout
@@ -91,6 +112,71 @@ class PacketPublisher:
             await asyncio.wait_for(self.client.publish(self.channel, self._encode(message)), self.timeout)
         except (aioredis.RedisError, OSError, TimeoutError) as exc:
             raise PublishError(f"could not publish to Redis at {redacted(self.url)}: {type(exc).__name__}") from None
+
+    async def publish_event(self, event: str, json_args: str, namespace: str, room: Any, key: str = "") -> None:
+        """An event with one argument given as JSON text, for instances of this transport.
+
+        With recovery it is added to the history as it is published (one script: the channel's
+        order is the history's), once per ``key`` (the event's id). When Redis cannot take it,
+        it waits in the outbox, and so does every later event (order is kept), until Redis is
+        back: the outbox publishes them in order, retrying, and a retry of one Redis did take
+        (an answer lost) does nothing. :class:`PublishError` only when the outbox is full
+        (``outbox_max``): that event was not taken. Without recovery, a failure raises at once."""
+        if self.recovery is None:
+            await self.publish_packet(event_packet(namespace, event, json_args), namespace, room)
+            return
+        body = packet_head(namespace, event) + json_args
+        item = (body, namespace, room, recorded_message(EMIT_PACKET, body, namespace, room, self.host_id), key)
+        if not self.outbox:
+            try:
+                await self._publish_recorded(item)
+                return
+            except PublishError as exc:
+                logger.warning("%s: keeping events in the outbox until Redis takes them", exc)
+        if len(self.outbox) >= self.outbox_max:
+            raise PublishError(
+                f"Redis at {redacted(self.url)} is unreachable and the outbox is full ({self.outbox_max} events)"
+            )
+        self.outbox.append(item)
+        if self._drain is None or self._drain.done():
+            self._drain = asyncio.ensure_future(self._drain_outbox())
+
+    async def _publish_recorded(self, item: tuple[str, str, Any, tuple[str, str, str], str]) -> None:
+        assert self.recovery is not None
+        body, namespace, room, message, key = item
+        try:
+            await asyncio.wait_for(
+                self.recovery.publish(self.channel, body, namespace, room, message, key), self.timeout
+            )
+        except (aioredis.RedisError, OSError, TimeoutError) as exc:
+            raise PublishError(f"could not publish to Redis at {redacted(self.url)}: {type(exc).__name__}") from None
+
+    async def _drain_outbox(self) -> None:
+        delay = 0.05
+        while self.outbox:
+            try:
+                await self._publish_recorded(self.outbox[0])
+            except PublishError:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            self.outbox.popleft()
+            delay = 0.05
+            if not self.outbox:
+                logger.warning("Redis took every event of the outbox")
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until the outbox is empty; whether it is."""
+        if self._drain is not None and not self._drain.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._drain), timeout)
+        return not self.outbox
+
+    async def aclose(self) -> None:
+        if self._drain is not None:
+            self._drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drain
 
     async def publish_packet(self, encoded: str, namespace: str, room: Any) -> None:
         """An encoded EVENT packet, for instances of this transport."""
@@ -155,9 +241,12 @@ class RedisManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc]
         max_backoff: float = 2.0,
         logger: logging.Logger | None = None,
         client: aioredis.Redis | None = None,
+        recovery: RedisRecovery | None = None,
+        outbox_max: int = 10_000,
     ) -> None:
         super().__init__(
             url,
+            recovery=recovery,
             channel=channel,
             write_only=write_only,
             logger=logger,
@@ -165,12 +254,20 @@ class RedisManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc]
         )
         self._owns_client = client is None
         self.publisher = PacketPublisher(
-            client or bounded_client(url, timeout), url=url, channel=channel, timeout=timeout, host_id=self.host_id
+            client or bounded_client(url, timeout),
+            url=url,
+            channel=channel,
+            timeout=timeout,
+            host_id=self.host_id,
+            recovery=recovery,
+            outbox_max=outbox_max,
         )
         self._max_backoff = max_backoff
         self.redis: aioredis.Redis | None = None
         self.pubsub: Any = None
         self.listening = False
+        #: the newest position of the history delivered from the channel (None before the first)
+        self._last_seen: tuple[int, int] | None = None
 
     # --- publishing -----------------------------------------------------------------------
 
@@ -182,10 +279,15 @@ class RedisManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc]
         except PublishError as exc:
             logger.warning("%s (%s dropped)", exc, data.get("method") if isinstance(data, dict) else data)
 
-    async def emit_json(self, event: str, json_args: str, namespace: str, room: Any) -> None:
+    async def emit_json(self, event: str, json_args: str, namespace: str, room: Any, key: str = "") -> None:
         """Emit ``event`` (one argument, already JSON text) to ``room`` on every instance: this
         one's clients directly, the others' through one message carrying the encoded packet.
-        Raises :class:`PublishError` when Redis cannot be reached."""
+        Raises :class:`PublishError` when Redis cannot be reached. With recovery, this instance's
+        clients get it as the others' do, from the channel (in the history's order), and an event
+        Redis cannot take waits in the outbox (:meth:`PacketPublisher.publish_event`)."""
+        if self.publisher.recovery is not None:
+            await self.publisher.publish_event(event, json_args, namespace, room, key)
+            return
         encoded = event_packet(namespace, event, json_args)
         if not self.write_only:
             await deliver_packet(self, encoded, namespace, room)
@@ -277,6 +379,8 @@ class RedisManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc]
         try:
             if method == "callback":
                 await self._handle_callback(message)
+            elif method == EMIT_PACKET and isinstance(message.get("offset"), str):
+                await self._deliver_recorded(message)  # this instance's own too: in the history's order
             elif message.get("host_id") == self.host_id:
                 return
             elif method == EMIT_PACKET:
@@ -314,6 +418,22 @@ class RedisManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc]
         except Exception:
             logger.exception("websocket redis message %r could not be handled; handling the next", method)
 
+    async def _deliver_recorded(self, message: dict[str, Any]) -> None:
+        """An event of the history: its packet carries its offset (``<body>,"<offset>"]``), taken
+        off for the connections that take none."""
+        packet, offset = message.get("packet"), message["offset"]
+        position = parse_offset(offset)
+        suffix = f',"{offset}"]'
+        if self.write_only or not isinstance(packet, str) or position is None or not packet.endswith(suffix):
+            return
+        if self._last_seen is not None and position <= self._last_seen:
+            return  # delivered already (caught up from the history after a lost subscription)
+        self._last_seen = position
+        plain = packet[: -len(suffix)] + "]" if self.plain_sids else None
+        await deliver_packet(
+            self, packet, message.get("namespace") or "/", message.get("room"), position=position, plain=plain
+        )
+
     async def _redis_listen_with_retries(self) -> AsyncIterator[Any]:
         delay = 0.1
         while True:
@@ -321,6 +441,7 @@ class RedisManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc]
                 await self._drop_subscription()
                 self._redis_connect()
                 await self.pubsub.subscribe(self.channel)
+                await self._catch_up()
                 self.listening = True
                 if delay > 0.1:
                     logger.warning("websocket redis subscription restored on %s", redacted(self.redis_url))
@@ -340,6 +461,18 @@ class RedisManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc]
                 self.listening = False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_backoff)
+
+    async def _catch_up(self) -> None:
+        """Subscribed again after losing the subscription: deliver what the history got meanwhile,
+        in order, before what the channel brings now (which repeats none of it)."""
+        recovery = self.publisher.recovery
+        if recovery is None or self._last_seen is None or self.write_only:
+            return
+        entries = await recovery.entries_after(format_offset(self._last_seen))
+        for entry_id, namespace, packet, rooms in entries:
+            await self._deliver_recorded({"packet": packet, "offset": entry_id, "namespace": namespace, "room": rooms})
+        if entries:
+            logger.warning("websocket redis subscription restored: %d events delivered from the history", len(entries))
 
     async def _drop_subscription(self) -> None:
         """Close the previous attempt's connections before making new ones."""
@@ -364,5 +497,8 @@ class RedisManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc]
             except (asyncio.CancelledError, Exception):  # noqa: S110 - it is being stopped
                 pass
         await self._drop_subscription()
+        if not await self.publisher.flush(self.publisher.timeout * 5):
+            logger.error("%d events of the outbox could not be published before closing", len(self.publisher.outbox))
+        await self.publisher.aclose()
         if self._owns_client:
             await self.publisher.client.aclose()

@@ -40,7 +40,15 @@ from apps.transport.admin import InstrumentedServer
 from apps.transport.conversation import Conversations, TooManyPending
 from apps.transport.engine_server import EngineServer
 from apps.transport.engine_socket import spawn
-from apps.transport.recovery import RECOVERABLE_REASONS, Recorded, Recovery, Session, new_pid, speaks_recovery
+from apps.transport.recovery import (
+    RECOVERABLE_REASONS,
+    Recorded,
+    Recovery,
+    RecoveryUnavailable,
+    Session,
+    new_pid,
+    speaks_recovery,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -184,8 +192,7 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
 
     def decline_recovery(self, sid: str) -> None:
         """In a connect handler: connect this connection as a new one (``recovered`` false)."""
-        if self._offered.pop(sid, None) is not None:
-            self.manager.release(sid, None, [])
+        self._offered.pop(sid, None)
 
     def keep_with_session(self, sid: str, data: dict[str, Any]) -> None:
         """In a connect handler: what to keep with the connection's session (given back by
@@ -204,14 +211,17 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         pid, offset = data.get("pid"), data.get("offset")
         if not isinstance(pid, str):
             return
-        session = recovery.sessions.get(pid)
-        if session is None or session.namespace != namespace:
-            return
-        offset = offset if isinstance(offset, str) else session.offset
-        if not recovery.history.covers(offset):
+        try:
+            session = await recovery.session(pid)
+            if session is None or session.namespace != namespace:
+                return
+            offset = offset if isinstance(offset, str) else session.offset
+            if not await recovery.covers(offset):
+                return
+        except RecoveryUnavailable as exc:
+            logger.warning("connection state recovery unavailable (%s): connecting %s afresh", exc, sid)
             return
         self._offered[sid] = (session, offset)
-        self.manager.hold(sid)  # what is sent to it now waits until what it missed has been sent
 
     async def _connected(self, sid: str, namespace: str) -> dict[str, Any]:
         """After the connect handler accepted ``sid``: its session (recovered or new), and the
@@ -225,25 +235,35 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         if offered is not None:
             session, offset = offered
             rooms = [room for room in self.manager.get_rooms(sid, namespace) if room != sid]
-            missed = recovery.history.since(namespace, offset, rooms)
-            taken = recovery.sessions.take(session.pid, sid) if missed is not None else None
-            if taken is not None and missed is not None:
+            try:
+                missed = await recovery.since(namespace, offset, rooms)
+                taken = await recovery.take(session.pid, sid) if missed is not None else None
+            except RecoveryUnavailable as exc:
+                logger.warning("connection state recovery unavailable (%s): connecting %s afresh", exc, sid)
+                missed = taken = None
+            if taken is not None and missed is not None:  # recovered
                 taken.data = kept or taken.data
                 self._pids[sid] = taken.pid
+                await self._rooms_changed(sid, namespace)
                 self._missed[sid] = missed
                 return {"sid": sid, "pid": taken.pid}
-            self.manager.release(sid, None, [])
-        session = Session(new_pid(), sid, namespace, recovery.history.last(), data=kept)
-        recovery.sessions.open(session)
+        try:
+            session = Session(new_pid(), sid, namespace, await recovery.last(), data=kept)
+            await recovery.open(session)
+        except RecoveryUnavailable as exc:
+            logger.warning("connection state recovery unavailable (%s): %s has no session", exc, sid)
+            return {"sid": sid}
         self._pids[sid] = session.pid
         return {"sid": sid, "pid": session.pid}
 
     def _send_missed(self, sid: str) -> None:
-        missed = self._missed.pop(sid, None)
-        if missed is not None:
-            self.manager.release(sid, missed[-1].position if missed else None, [event.packet for event in missed])
+        """After the CONNECT reply: what ``sid`` missed (when it recovered), then what was held."""
+        if self.recovery is None:
+            return
+        missed = self._missed.pop(sid, None) or []
+        self.manager.release(sid, missed[-1].position if missed else None, [event.packet for event in missed])
 
-    def _forget(self, sid: str, namespace: str, reason: Any) -> None:
+    async def _forget(self, sid: str, namespace: str, reason: Any) -> None:
         """``sid`` left ``namespace``: its session is kept for the window when it was lost (not
         closed on purpose), with the rooms it was in."""
         self._offered.pop(sid, None)
@@ -255,13 +275,57 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         if pid is None or recovery is None:
             return
         rooms = [room for room in self.manager.get_rooms(sid, namespace) if room != sid]
-        recovery.sessions.closed(pid, sid, rooms, recoverable=reason in RECOVERABLE_REASONS)
+        try:
+            await recovery.closed(pid, sid, rooms, recoverable=reason in RECOVERABLE_REASONS)
+        except RecoveryUnavailable as exc:
+            logger.warning("connection state recovery unavailable (%s): the session of %s was not kept", exc, sid)
+
+    async def enter_room(self, sid: str, room: Any, namespace: str | None = None) -> None:
+        await super().enter_room(sid, room, namespace=namespace)
+        await self._rooms_changed(sid, namespace or "/")
+
+    async def leave_room(self, sid: str, room: Any, namespace: str | None = None) -> None:
+        await super().leave_room(sid, room, namespace=namespace)
+        await self._rooms_changed(sid, namespace or "/")
+
+    async def _rooms_changed(self, sid: str, namespace: str) -> None:
+        """The session of ``sid`` (once it has one) is told its rooms as they change."""
+        pid = self._pids.get(sid)
+        recovery = self.recovery
+        if pid is None or recovery is None:
+            return
+        try:
+            await recovery.rooms_changed(pid, [room for room in self.manager.get_rooms(sid, namespace) if room != sid])
+        except RecoveryUnavailable as exc:
+            logger.warning("connection state recovery unavailable (%s): the rooms of %s not kept yet", exc, sid)
+
+    async def replay(self, sid: str, namespace: str, room: str, since: str, join: Any) -> int | None:
+        """``join()`` (which puts ``sid`` in ``room``, or returns False), then send ``sid`` what was sent to ``room``
+        after the offset ``since``, before anything newer: the number of events sent, or None
+        when the history no longer covers ``since`` (nothing is replayed then; the room is joined
+        all the same). Raises RecoveryUnavailable when the history cannot be read."""
+        recovery = self.recovery
+        if recovery is None:
+            await join()
+            return None
+        self.manager.hold(sid)
+        try:
+            if await join() is False:  # refused: nothing of the room
+                self.manager.release(sid, None, [])
+                return None
+            missed = await recovery.since(namespace, since, [room])
+        except BaseException:
+            self.manager.release(sid, None, [])
+            raise
+        packets = [event.packet for event in missed or ()]
+        self.manager.release(sid, missed[-1].position if missed else None, packets)
+        return None if missed is None else len(missed)
 
     async def _trigger_event(self, event: str, namespace: str, *args: Any) -> Any:
         """python-socketio's; before a connection's ``disconnect`` handler (every way it goes),
         its session is put aside for recovery."""
         if event == "disconnect" and args and self.recovery is not None:
-            self._forget(args[0], namespace, args[1] if len(args) > 1 else None)
+            await self._forget(args[0], namespace, args[1] if len(args) > 1 else None)
         return await super()._trigger_event(event, namespace, *args)
 
     # --- what clients send ----------------------------------------------------------------
@@ -367,6 +431,9 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
             await self._refuse_connect(eio_sid, namespace, "Already connected to this namespace")
             return
         await self._offer(eio_sid, sid, namespace, data)
+        if self.recovery is not None and sid not in self.manager.plain_sids:
+            # what is sent to it waits for the CONNECT reply, and for what it missed
+            self.manager.hold(sid)
         if self.always_connect:
             await self._send_packet(eio_sid, self.packet_class(sio_packet.CONNECT, {"sid": sid}, namespace=namespace))
             await self.manager.connect(sid, namespace)
@@ -394,7 +461,7 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
             self._offered.pop(sid, None)
             self._kept.pop(sid, None)
             if self.recovery is not None:
-                self.manager.release(sid, None, [])
+                self.manager.held.pop(sid, None)  # refused: nothing of it is sent
                 self.manager.plain_sids.discard(sid)
             if self.always_connect:
                 self.manager.pre_disconnect(sid, namespace)

@@ -103,8 +103,9 @@ class HandedOffWebSocket(asyncio.Protocol):
     def send_framed(self, text: str, frame: bytes) -> None:
         """Send the text message ``text``, whose frame the caller built once for every recipient:
         written as is, unless this connection compresses (permessage-deflate negotiated), in
-        which case websockets frames and compresses it for this connection."""
-        if self.closing:
+        which case websockets frames and compresses it for this connection. Nothing is written
+        once either side has started to close (the peer's close frame: websockets' state)."""
+        if self.closing or self.conn.state is not State.OPEN:
             return
         if self.conn.extensions:
             self.conn.send_text(text.encode())
@@ -113,8 +114,8 @@ class HandedOffWebSocket(asyncio.Protocol):
             self._write(frame)
 
     def send_message(self, data: str | bytes) -> None:
-        """Frame ``data`` (text or binary) and write it."""
-        if self.closing:
+        """Frame ``data`` (text or binary) and write it (nothing once either side is closing)."""
+        if self.closing or self.conn.state is not State.OPEN:
             return
         if isinstance(data, str):
             self.conn.send_text(data.encode())

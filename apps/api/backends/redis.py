@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from redis.exceptions import RedisError
 
 from apps.api.backends import RedisLink
@@ -12,6 +14,9 @@ from apps.api.websocket.models import Event
 from apps.api.websocket.protocol import NAMESPACE
 from apps.transport.managers import event_packet
 from apps.transport.redis_manager import PacketPublisher, PublishError, bounded_client
+from apps.transport.redis_recovery import RedisRecovery
+
+logger = logging.getLogger(__name__)
 
 
 class RedisEmitter:
@@ -28,8 +33,9 @@ class RedisEmitter:
             if self._standard:
                 await self._publisher.publish_emit(event.type.value, event.wire(), NAMESPACE, rooms)
             else:
-                packet = event_packet(NAMESPACE, event.type.value, event.wire_json())
-                await self._publisher.publish_packet(packet, NAMESPACE, rooms)
+                await self._publisher.publish_event(
+                    event.type.value, event.wire_json(), NAMESPACE, rooms, key=str(event.id)
+                )
         except PublishError as exc:
             raise DeliveryError(str(exc)) from None
 
@@ -52,6 +58,23 @@ class RedisBackend:
             settings.redis_url, settings.redis_channel, settings.redis_timeout_seconds, client
         )
         self._client = client
+        self._publishers: list[PacketPublisher] = []
+
+    def recovery(self) -> RedisRecovery | None:
+        """Connection state recovery across instances: the history and the sessions in Redis
+        (None when RECOVERY_ENABLED is false, or on the stock transport, which cannot recover)."""
+        settings = self._settings
+        if not settings.recovery_enabled or settings.websocket_transport == "stock":
+            return None
+        prefix = f"{settings.redis_key_prefix}recovery:{settings.redis_channel}:"
+        return RedisRecovery(
+            self._client,
+            stream=f"{prefix}history",
+            sessions_prefix=f"{prefix}session:",
+            window=settings.recovery_window_seconds,
+            max_events=settings.recovery_max_events,
+            timeout=settings.redis_timeout_seconds,
+        )
 
     def workflow_routes(self) -> WorkflowDirectory:
         return RedisWorkflowRoutes(self._client, prefix=self._settings.redis_key_prefix)
@@ -62,7 +85,10 @@ class RedisBackend:
             url=self._settings.redis_url or "",
             channel=self._settings.redis_channel,
             timeout=self._settings.redis_timeout_seconds,
+            recovery=self.recovery(),
+            outbox_max=self._settings.redis_outbox_max_events,
         )
+        self._publishers.append(publisher)
         return RedisEmitter(publisher, standard=self._settings.websocket_transport == "stock")
 
     async def ping(self) -> bool:
@@ -72,4 +98,9 @@ class RedisBackend:
             return False
 
     async def aclose(self) -> None:
+        """Publish what waits in the outboxes first (for a few timeouts at most), then close."""
+        for publisher in self._publishers:
+            if not await publisher.flush(self._settings.redis_timeout_seconds * 5):
+                logger.error("%d events of the outbox could not be published before closing", len(publisher.outbox))
+            await publisher.aclose()
         await self._client.aclose()

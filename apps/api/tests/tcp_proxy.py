@@ -2,7 +2,8 @@
 closes every connection through it and refuses new ones (each is closed as soon as it is
 accepted, as a dead network or a restarting balancer would), :meth:`TcpProxy.restore` lets them
 through again. With several targets it is a round-robin balancer that skips a target it cannot
-reach (:meth:`TcpProxy.drop` takes one out)."""
+reach (:meth:`TcpProxy.drop` takes one out); with ``failover=True`` every connection goes to the
+first target that answers (a sticky balancer: one server while it lives, the next when it dies)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from collections.abc import AsyncIterator
 
 
 class TcpProxy:
-    def __init__(self, *targets: int) -> None:
+    def __init__(self, *targets: int, failover: bool = False) -> None:
         self.targets = list(targets)
+        self.failover = failover
         self._next = itertools.count()
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
@@ -32,8 +34,9 @@ class TcpProxy:
             writer.transport.abort()
             return
         upstream = None
-        for _ in range(len(self.targets)):
-            port = self.targets[next(self._next) % len(self.targets)]
+        first = 0 if self.failover else next(self._next)
+        for i in range(len(self.targets)):
+            port = self.targets[(first + i) % len(self.targets)]
             try:
                 upstream = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2)
                 break
@@ -88,8 +91,8 @@ class TcpProxy:
 
 
 @contextlib.asynccontextmanager
-async def tcp_proxy(*targets: int) -> AsyncIterator[TcpProxy]:
-    proxy = await TcpProxy(*targets).start()
+async def tcp_proxy(*targets: int, failover: bool = False) -> AsyncIterator[TcpProxy]:
+    proxy = await TcpProxy(*targets, failover=failover).start()
     try:
         yield proxy
     finally:

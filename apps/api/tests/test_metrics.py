@@ -115,9 +115,12 @@ async def test_with_metrics_token_a_scrape_needs_all_of_it(metered: RunningServe
         )
         assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
         assert openmetrics.text.endswith("# EOF\n")
-    exposed = {re.sub(r"_total$", "", name) for name in metrics.metric_names()} - {metrics.REDIS_UP}
+    exposed = {re.sub(r"_total$", "", name) for name in metrics.metric_names()} - {
+        metrics.REDIS_UP,
+        metrics.REDIS_OUTBOX,
+    }
     assert exposed <= families  # every metric, labelled ones included, before anything was counted
-    assert metrics.REDIS_UP not in families  # no Redis: no Redis state
+    assert metrics.REDIS_UP not in families and metrics.REDIS_OUTBOX not in families  # no Redis: no Redis state
     assert "process_resident_memory_bytes" in families  # prometheus-client's own process metrics
 
 
@@ -276,16 +279,22 @@ async def test_redis_going_away_shows_in_the_redis_state_and_the_publish_errors(
                 return (await scrape(service.url))["events_redis_up"] == 0
 
             await eventually(down, what="events_redis_up 0")
-            assert (await publish(service.url, str(uuid4()))).status_code == 503
-            samples = await scrape(service.url)
-            assert samples['events_redis_publish_errors_total{type="agent.connected"}'] == 1
-            assert samples.get('events_published_total{type="agent.connected"}', 0) == 0
+            # recovery on (the default): the event waits in the outbox rather than fail
+            assert (await publish(service.url, str(uuid4()))).status_code == 202
+
+            async def waiting() -> bool:
+                return (await scrape(service.url)).get("events_redis_outbox_events") == 1
+
+            await eventually(waiting, what="one event in the outbox")
             await redis.start()
 
             async def up() -> bool:
-                return (await scrape(service.url))["events_redis_up"] == 1
+                samples = await scrape(service.url)
+                return samples["events_redis_up"] == 1 and samples["events_redis_outbox_events"] == 0
 
-            await eventually(up, timeout=20, what="events_redis_up 1 again")
+            await eventually(up, timeout=20, what="events_redis_up 1 again and the outbox empty")
+            samples = await scrape(service.url)
+            assert samples.get('events_redis_publish_errors_total{type="agent.connected"}', 0) == 0
         finally:
             await service.stop()
 

@@ -17,10 +17,12 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import httpx
+import pytest
 import websockets
 
 from apps.api.app import create_app
 from apps.api.events.broadcaster import get_broadcaster
+from apps.api.tests.redis_support import delete_prefix, isolation
 from apps.api.tests.support import RunningServer, make_token, serve_in_process
 from apps.api.tests.support import test_settings as settings_for
 from apps.api.tests.tcp_proxy import TcpProxy, tcp_proxy
@@ -43,6 +45,18 @@ async def send_project(project: str, owner: UUID, labels: list[str]) -> None:
         )
 
 
+@pytest.fixture(params=["memory", "redis"])
+async def where(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[dict[str, Any]]:
+    """Where the history and the sessions live: this process's memory, or Redis (REDIS_URL)."""
+    if request.param == "memory":
+        yield {}
+        return
+    url = redis_url
+    tags = isolation()
+    yield {"redis_url": url, "redis_key_prefix": tags["REDIS_KEY_PREFIX"], "redis_channel": tags["REDIS_CHANNEL"]}
+    await delete_prefix(url, tags["REDIS_KEY_PREFIX"])
+
+
 @asynccontextmanager
 async def service(**settings: Any) -> AsyncIterator[RunningServer]:
     async with serve_in_process(create_app(settings_for(**settings))) as running:
@@ -57,9 +71,9 @@ async def away(js: Any, proxy: TcpProxy) -> None:
     await js.report("disconnected")
 
 
-async def test_a_client_that_loses_its_network_gets_back_what_it_missed(run_js, server: RunningServer):  # noqa: F811
+async def test_a_client_that_loses_its_network_gets_back_what_it_missed(run_js, where):  # noqa: F811
     agent = uuid4()
-    async with tcp_proxy(server.port) as proxy:
+    async with service(**where) as server, tcp_proxy(server.port) as proxy:
         env = {
             "WS_URL": f"http://127.0.0.1:{proxy.port}/ws",
             "JWT_TOKEN": make_token(),
@@ -112,28 +126,28 @@ async def not_recovered(
     return result
 
 
-async def test_after_the_window_the_client_is_connected_afresh(run_js):  # noqa: F811
+async def test_after_the_window_the_client_is_connected_afresh(run_js, where):  # noqa: F811
     window = 1.0
 
     async def window_passes() -> None:
         await asyncio.sleep(window + 0.5)  # the stimulus: the recovery window passes
 
-    result = await not_recovered(run_js, {"recovery_window_seconds": window}, window_passes)
+    result = await not_recovered(run_js, {"recovery_window_seconds": window, **where}, window_passes)
     assert [c["recovered"] for c in result["connects"]] == [False, False]
 
 
-async def test_when_the_history_no_longer_covers_the_gap_the_client_is_connected_afresh(run_js):  # noqa: F811
+async def test_when_the_history_no_longer_covers_the_gap_the_client_is_connected_afresh(run_js, where):  # noqa: F811
     async def nothing() -> None:
         pass
 
-    result = await not_recovered(run_js, {"recovery_max_events": 50}, nothing)  # 200 sent while away
+    result = await not_recovered(run_js, {"recovery_max_events": 50, **where}, nothing)  # 200 sent while away
     assert [c["recovered"] for c in result["connects"]] == [False, False]
 
 
-async def test_a_member_removed_while_away_recovers_nothing_of_that_project(run_js):  # noqa: F811
+async def test_a_member_removed_while_away_recovers_nothing_of_that_project(run_js, where):  # noqa: F811
     owner, member, agent = uuid4(), uuid4(), uuid4()
     owner_token = make_token(owner)
-    async with service() as running, httpx.AsyncClient(base_url=running.url, timeout=10) as http:
+    async with service(**where) as running, httpx.AsyncClient(base_url=running.url, timeout=10) as http:
         project = await create_project(http, owner_token, member)
         async with tcp_proxy(running.port) as proxy:
             env = {
@@ -160,10 +174,10 @@ async def test_a_member_removed_while_away_recovers_nothing_of_that_project(run_
     assert f"project:{project}" not in result["rooms"] and f"agent:{agent}" in result["rooms"]
 
 
-async def test_an_expired_token_is_refused_and_a_fresh_one_recovers(run_js):  # noqa: F811
+async def test_an_expired_token_is_refused_and_a_fresh_one_recovers(run_js, where):  # noqa: F811
     agent, user = uuid4(), uuid4()
     expiring = make_token(user, ttl=3)
-    async with service(jwt_leeway_seconds=0) as running, tcp_proxy(running.port) as proxy:
+    async with service(jwt_leeway_seconds=0, **where) as running, tcp_proxy(running.port) as proxy:
         env = {
             "WS_URL": f"http://127.0.0.1:{proxy.port}/ws",
             "JWT_TOKEN": expiring,
@@ -221,3 +235,101 @@ async def test_python_socketio_clients_get_no_offsets_and_no_session(server: Run
     finally:
         await client.close()
     assert (await raw_connect(server, {"token": make_token(), "recovery": False})).keys() == {"sid"}
+
+
+class RawSocket:
+    """A raw WebSocket joined to /ws (it speaks recovery: no python-engineio ``t``)."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.frames: list[str] = []
+
+    async def next(self, prefix: str) -> str:
+        async with asyncio.timeout(5):
+            while True:
+                frame = str(await self.ws.recv())
+                if frame == "2":
+                    await self.ws.send("3")
+                    continue
+                if frame.startswith(prefix):
+                    return frame
+                self.frames.append(frame)
+
+
+@asynccontextmanager
+async def raw_socket(server: RunningServer, token: str) -> AsyncIterator[RawSocket]:
+    url = f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket"
+    async with websockets.connect(url) as ws:
+        raw = RawSocket(ws)
+        await raw.next("0{")
+        await ws.send("40/ws," + json.dumps({"token": token}))
+        await raw.next("40/ws,")
+        yield raw
+
+
+def event_args(frame: str) -> list[Any]:
+    args: list[Any] = json.loads(frame[len("42/ws,") :])
+    return args
+
+
+async def test_subscribe_since_an_offset_replays_what_came_after_it_before_anything_newer(where):
+    agent, user = uuid4(), uuid4()
+    room = f"agent:{agent}"
+    async with service(recovery_max_events=50, **where) as running:
+        async with raw_socket(running, make_token(user)) as first:
+            await first.ws.send(f'42/ws,1["subscribe",{{"room":"{room}"}}]')
+            await first.next("43/ws,1")
+            await send(agent, range(5))
+            offsets = [event_args(await first.next('42/ws,["agent.status_changed"'))[2] for _ in range(5)]
+        async with raw_socket(running, make_token(user)) as later:  # a page reload: no session
+            await later.ws.send(f'42/ws,1["subscribe",{{"room":"{room}","since":"{offsets[1]}"}}]')
+            replayed = [event_args(await later.next('42/ws,["agent.status_changed"')) for _ in range(3)]
+            ack = json.loads((await later.next("43/ws,1"))[len("43/ws,1") :])[0]
+            await send(agent, range(5, 6))
+            live = event_args(await later.next('42/ws,["agent.status_changed"'))
+            await send(agent, range(6, 260))  # the history keeps 50: what came before is gone
+            for _ in range(6, 260):
+                await later.next('42/ws,["agent.status_changed"')
+            await later.ws.send(f'42/ws,2["subscribe",{{"room":"{room}","since":"{offsets[0]}"}}]')
+            stale = json.loads((await later.next("43/ws,2"))[len("43/ws,2") :])[0]
+            before = len(later.frames)
+            await later.ws.send(f'42/ws,3["subscribe",{{"room":"user:{uuid4()}","since":"{offsets[0]}"}}]')
+            denied = json.loads((await later.next("43/ws,3"))[len("43/ws,3") :])[0]
+            sent_with_denial = later.frames[before:]
+            await later.ws.send(f'42/ws,4["subscribe",{{"room":"{room}","since":5}}]')
+            invalid = json.loads((await later.next("43/ws,4"))[len("43/ws,4") :])[0]
+    assert [args[1]["data"]["agent_name"] for args in replayed] == ["e0002", "e0003", "e0004"]
+    assert [args[2] for args in replayed] == offsets[2:]  # each with its offset
+    assert ack["status"] == "success" and ack["covered"] is True and ack["replayed"] == 3
+    assert live[1]["data"]["agent_name"] == "e0005" and live[2] > offsets[-1]
+    assert stale["status"] == "success" and stale["covered"] is False and stale["replayed"] == 0
+    assert denied["code"] == "ROOM_ACCESS_DENIED" and sent_with_denial == []  # nothing of that room
+    assert invalid["code"] == "INVALID_REQUEST"
+
+
+async def test_http_clients_read_a_rooms_events_since_an_offset_authorised_as_subscribe(where):
+    agent, owner, stranger = uuid4(), uuid4(), uuid4()
+    async with service(**where) as running, httpx.AsyncClient(base_url=running.url, timeout=10) as http:
+        project = await create_project(http, make_token(owner))
+        async with raw_socket(running, make_token(owner)) as socket:
+            await socket.ws.send(f'42/ws,1["subscribe",{{"room":"agent:{agent}"}}]')
+            await socket.next("43/ws,1")
+            await send(agent, range(4))
+            offsets = [event_args(await socket.next('42/ws,["agent.status_changed"'))[2] for _ in range(4)]
+        url = f"/api/v1/rooms/agent:{agent}/events"
+        page = (await http.get(url, params={"since": offsets[0], "limit": 2}, headers=bearer(make_token()))).json()
+        rest = (await http.get(url, params={"since": page["next"]}, headers=bearer(make_token()))).json()
+        future = await http.get(url, params={"since": "99999999999999-0"}, headers=bearer(make_token()))
+        other_project = await http.get(
+            f"/api/v1/rooms/project:{project}/events",
+            params={"since": offsets[0]},
+            headers=bearer(make_token(stranger)),
+        )
+        bad = await http.get(url, params={"since": "yesterday"}, headers=bearer(make_token()))
+        no_token = await http.get(url, params={"since": offsets[0]})
+    assert page["covered"] is True and [e["offset"] for e in page["events"]] == offsets[1:3]
+    assert page["events"][0]["event"]["data"]["agent_name"] == "e0001" and page["next"] == offsets[2]
+    assert [e["event"]["data"]["agent_name"] for e in rest["events"]] == ["e0003"]
+    assert future.json()["covered"] is False and future.json()["events"] == []
+    assert other_project.status_code == 403 and other_project.json()["error"]["code"] == "ROOM_ACCESS_DENIED"
+    assert bad.status_code == 422 and no_token.status_code == 401

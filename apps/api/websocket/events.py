@@ -35,7 +35,8 @@ from apps.api.websocket.models import (
     TokenExpiringData,
 )
 from apps.api.websocket.protocol import INSTANCE_ID, NAMESPACE, ClientEvent, ErrorCode, error, success
-from apps.api.websocket.rooms import ADMIN_ROOM, RoomError, RoomKind, auto_rooms, check_access, parse_room
+from apps.api.websocket.rooms import ADMIN_ROOM, Room, RoomError, RoomKind, auto_rooms, check_access, parse_room
+from apps.transport import RecoveryUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -321,6 +322,9 @@ class ClientEvents:
         return ack
 
     async def _subscribe(self, conn: Connection, data: object) -> Ack:
+        since = data.get("since") if isinstance(data, dict) else None
+        if since is not None and not isinstance(since, str):
+            return error(ErrorCode.INVALID_REQUEST, "since is the offset of the last event you have (a string)")
         try:
             room = parse_room(_room_field(data))
             is_member = False
@@ -336,9 +340,38 @@ class ClientEvents:
             )
             return error(exc.code, exc.message)
         joined = self._rooms(conn.sid)
-        if room.name not in joined:
-            if len(joined) >= self.max_rooms:
-                return error(ErrorCode.ROOM_LIMIT, f"A connection may be in at most {self.max_rooms} rooms")
+        if room.name not in joined and len(joined) >= self.max_rooms:
+            return error(ErrorCode.ROOM_LIMIT, f"A connection may be in at most {self.max_rooms} rooms")
+        replay = getattr(self.sio, "replay", None)
+        if since is not None and replay is not None:
+            denials: list[Ack] = []
+
+            async def join() -> bool:
+                denied = await self._join(conn, room, is_member)
+                if denied is not None:
+                    denials.append(denied)
+                return denied is None
+
+            try:
+                replayed = await replay(conn.sid, NAMESPACE, room.name, since, join)
+            except RecoveryUnavailable:
+                return error(ErrorCode.UNAVAILABLE, "The history could not be read; try again shortly")
+            if denials:
+                return denials[0]
+            covered = replayed is not None
+            return success(
+                room=room.name, message=f"Subscribed to {room.name}", covered=covered, replayed=replayed or 0
+            )
+        denied = await self._join(conn, room, is_member)
+        if denied is not None:
+            return denied
+        if since is not None:  # stock python-socketio: no history
+            return success(room=room.name, message=f"Subscribed to {room.name}", covered=False, replayed=0)
+        return success(room=room.name, message=f"Subscribed to {room.name}")
+
+    async def _join(self, conn: Connection, room: Room, is_member: bool) -> Ack | None:
+        """Put the connection in ``room`` (checked); an error ack when a membership changed meanwhile."""
+        if room.name not in self._rooms(conn.sid):
             await self.sio.enter_room(conn.sid, room.name, namespace=NAMESPACE)
             if is_member and room.id is not None and (still := await self._is_member(conn, room.id)) is not True:
                 # removed (or the project deleted) between the check and the join: the removal's
@@ -348,7 +381,7 @@ class ClientEvents:
                 if still is None:
                     return error(ErrorCode.UNAVAILABLE, "Membership could not be checked; try again shortly")
                 return error(ErrorCode.ROOM_ACCESS_DENIED, f"You are no longer a member of project {room.id}")
-        return success(room=room.name, message=f"Subscribed to {room.name}")
+        return None
 
     async def _is_member(self, conn: Connection, project_id: UUID) -> bool | None:
         """Whether the connection's user is a member of the project; None when that cannot be

@@ -16,6 +16,7 @@ ws://localhost:8000/ws``), which speaks raw Engine.IO v4.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 from uuid import UUID
@@ -32,8 +33,9 @@ from apps.api.websocket.models import Event
 from apps.api.websocket.protocol import INSTANCE_ID, NAMESPACE, SOCKETIO_PATH
 from apps.transport import (
     LocalManager,
+    MemoryRecovery,
     PublishError,
-    Recovery,
+    RecoveryUnavailable,
     RedisManager,
     SocketIOMiddleware,
     SocketServer,
@@ -80,13 +82,18 @@ def _manager(settings: Settings, backend: Backend) -> LocalManager | RedisManage
     if backend.redis is None:
         recovery = None
         if settings.recovery_enabled:
-            recovery = Recovery.in_memory(
-                window=settings.recovery_window_seconds, max_events=settings.recovery_max_events
-            )
+            recovery = MemoryRecovery(window=settings.recovery_window_seconds, max_events=settings.recovery_max_events)
         return LocalManager(recovery=recovery)
     link = backend.redis
+    recovery_of = getattr(backend, "recovery", None)
     return RedisManager(
-        link.url, channel=link.channel, timeout=link.timeout, client=link.client, logger=_library_logger("socketio")
+        link.url,
+        channel=link.channel,
+        timeout=link.timeout,
+        client=link.client,
+        logger=_library_logger("socketio"),
+        recovery=recovery_of() if recovery_of is not None else None,
+        outbox_max=settings.redis_outbox_max_events,
     )
 
 
@@ -110,6 +117,9 @@ async def stop(sio: socketio.AsyncServer) -> None:
     """Stop the server's background work and release its manager's connections."""
     await sio.shutdown()
     manager = sio.manager
+    recovery = getattr(manager, "recovery", None)
+    if recovery is not None:
+        await recovery.close()
     if isinstance(manager, RedisManager):
         await manager.close()
     elif isinstance(manager, socketio.AsyncRedisManager):  # stock
@@ -123,6 +133,14 @@ async def stop(sio: socketio.AsyncServer) -> None:
 def subscription_live(sio: socketio.AsyncServer) -> bool:
     """Whether the server receives what other instances publish (True without Redis)."""
     return bool(getattr(sio.manager, "listening", True))
+
+
+def outbox_size(sio: socketio.AsyncServer) -> Any:
+    """How many events wait in this instance's outbox for Redis (a callable; None without one)."""
+    publisher = getattr(sio.manager, "publisher", None)
+    if publisher is None or getattr(publisher, "recovery", None) is None:
+        return None
+    return lambda: len(publisher.outbox)
 
 
 def connection_sids(sio: socketio.AsyncServer) -> list[str]:
@@ -162,7 +180,7 @@ class SocketIOEmitter:
             return
         try:
             # the envelope is serialised once, as JSON, and framed once for every recipient
-            await self._emit_json(event.type.value, event.wire_json(), NAMESPACE, rooms)
+            await self._emit_json(event.type.value, event.wire_json(), NAMESPACE, rooms, key=str(event.id))
         except PublishError as exc:
             raise DeliveryError(str(exc)) from None
 
@@ -185,6 +203,39 @@ class SocketIOEmitter:
         for sid in sids:
             await self._sio.emit(notice.type.value, notice.wire(), to=sid, namespace=NAMESPACE)
             await self._sio.leave_room(sid, room, namespace=NAMESPACE)
+
+
+class HistoryUnavailable(Exception):
+    """The history cannot be read now (Redis unreachable)."""
+
+
+class RoomHistory:
+    """What was sent to a room, from the transport's recovery history, for HTTP clients."""
+
+    def __init__(self, sio: socketio.AsyncServer) -> None:
+        self._sio = sio
+
+    @property
+    def enabled(self) -> bool:
+        return getattr(self._sio, "recovery", None) is not None
+
+    async def since(self, room: str, since: str, limit: int) -> tuple[bool, list[dict[str, Any]]]:
+        """Whether the history covers what came after ``since``, and those events of ``room``
+        (at most ``limit``, oldest first): ``{offset, event}`` each."""
+        recovery = getattr(self._sio, "recovery", None)
+        if recovery is None:
+            return False, []
+        try:
+            missed = await recovery.since(NAMESPACE, since, [room])
+        except RecoveryUnavailable as exc:
+            raise HistoryUnavailable(str(exc)) from None
+        if missed is None:
+            return False, []
+        events = []
+        for recorded in missed[:limit]:
+            _, envelope, offset = json.loads(recorded.packet[len(f"2{NAMESPACE},") :])
+            events.append({"offset": offset, "event": envelope})
+        return True, events
 
 
 class ConnectionCloser:
