@@ -503,6 +503,24 @@ HOOKS = [
         "server.SocketServer._get_event_handler",
         "extended: a client event named * reaches the catch-all with its name",
     ),
+    Hook(
+        "socketio.async_server:AsyncServer._trigger_event",
+        "01ba90cfa09ba43e",
+        "server.SocketServer._trigger_event",
+        "extended: a connection's session put aside before its disconnect handler",
+    ),
+    Hook(
+        "socketio.async_server:AsyncServer.enter_room",
+        "69bba99d7c27aaeb",
+        "server.SocketServer.enter_room",
+        "extended: the session told its rooms",
+    ),
+    Hook(
+        "socketio.async_server:AsyncServer.leave_room",
+        "cfa29f46c6f73877",
+        "server.SocketServer.leave_room",
+        "extended: the session told its rooms",
+    ),
 ]
 
 

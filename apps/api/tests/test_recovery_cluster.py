@@ -7,6 +7,7 @@ the client reconnects through the balancer to the second and gets everything, in
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -121,3 +122,50 @@ async def test_a_redis_restart_loses_no_event_a_publisher_was_told_was_taken():
                 await client.close()
             await first.stop()
             await second.stop()
+
+
+async def test_a_stalled_redis_delivers_each_event_once():
+    """Redis stopped (SIGSTOP) for longer than REDIS_TIMEOUT_SECONDS while events are published:
+    a publish whose answer never came is retried from the outbox, and Redis, which did take it,
+    does not take it twice (each event's id is remembered): every client gets every event once."""
+    total = 60
+    agent = uuid4()
+    async with own_redis() as redis:
+        tags = isolation()
+        first, second = await start(redis.url, tags), await start(redis.url, tags)
+        clients: list[WsClient] = []
+        try:
+            for server in (first, second):
+                client = await WsClient(server.url).connect(make_token())
+                clients.append(client)
+                assert (await client.call("subscribe", {"room": f"agent:{agent}"}))["status"] == "success"
+            assert redis.process is not None
+            async with httpx.AsyncClient(base_url=first.url, timeout=20) as http:
+                await publish(http, agent, range(20))
+                redis.process.send_signal(signal.SIGSTOP)
+                try:
+                    stalled = asyncio.ensure_future(asyncio.sleep(3.0))  # the stimulus: over the 2 s timeout
+                    published = 20
+                    while not stalled.done() and published < 40:
+                        await publish(http, agent, range(published, published + 1))
+                        published += 1
+                    await stalled
+                finally:
+                    redis.process.send_signal(signal.SIGCONT)
+                await publish(http, agent, range(published, total))
+            for client in clients:
+                events = [await client.expect("agent.status_changed", timeout=20) for _ in range(total)]
+                assert [event["data"]["agent_name"] for event in events] == [f"e{i:04}" for i in range(total)]
+                await marker_arrives(client, agent)  # and nothing more: no event came twice
+        finally:
+            for client in clients:
+                await client.close()
+            await first.stop()
+            await second.stop()
+
+
+async def marker_arrives(client: WsClient, agent: UUID) -> None:
+    """A direct event to the client's own connection, after everything: what arrives before it is
+    all there is (Socket.IO keeps a connection's order)."""
+    assert (await client.call("ping"))["status"] == "pong"
+    assert client.received("agent.status_changed") == []
