@@ -2,7 +2,7 @@
 benchmark-only HTTP endpoints in front of it.
 
     python bench/py_server.py --port 9000 --secret S [--redis-url URL --redis-channel C --redis-key-prefix P]
-                              [--ws auto] [--loop auto] [--ws-per-message-deflate true]
+                              [--ws auto] [--loop auto] [--ws-per-message-deflate true] [--recovery on|off]
 
 - ``POST /bench/emit`` runs an emit schedule and answers when it is over: ``count`` events at
   ``rate`` a second (0: as fast as the server goes, yielding to the event loop between events),
@@ -19,7 +19,8 @@ itself: the bench endpoints are a separate ASGI app in front of it, so nothing i
 changed. uvicorn runs with the options the service is served with
 (``apps.api.serving.uvicorn_options``, as ``apps/api/main.py``), on 127.0.0.1 with
 ``log_level="warning"``; ``--ws``, ``--loop`` and ``--ws-per-message-deflate`` override them so
-that options can be compared.
+that options can be compared. ``--recovery on|off`` sets the service's connection state recovery
+(``Settings.recovery_enabled``; default: the service's own).
 """
 
 from __future__ import annotations
@@ -233,10 +234,13 @@ def main() -> None:
     parser.add_argument("--ws", help="uvicorn's ws (auto, websockets, websockets-sansio, wsproto, or module:Class)")
     parser.add_argument("--loop", help="uvicorn's loop (auto, asyncio, uvloop)")
     parser.add_argument("--ws-per-message-deflate", choices=["true", "false"], help="uvicorn's ws_per_message_deflate")
+    parser.add_argument("--recovery", choices=["on", "off"], help="Settings.recovery_enabled")
     args = parser.parse_args()
     overrides: dict[str, Any] = {}
     if args.ws_per_message_deflate is not None:
         overrides["websocket_compression"] = args.ws_per_message_deflate == "true"
+    if args.recovery is not None:
+        overrides["recovery_enabled"] = args.recovery == "on"
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None,
         environment="development",
@@ -272,6 +276,7 @@ def main() -> None:
         "ws_ping_interval": options.get("ws_ping_interval", 20.0),
         "serving_options": "apps.api.serving.uvicorn_options" if serving_options(settings) else "uvicorn defaults",
         "redis": bool(args.redis_url),
+        "recovery": getattr(settings, "recovery_enabled", None),
     }
     app = BenchFront(create_app(settings), bench_app(info))
     uvicorn.run(app, **options)

@@ -124,7 +124,8 @@ def markdown(results: dict[str, Any]) -> str:
         + f"Python {versions.get('python')}, python-socketio {versions.get('python-socketio')}, "
         f"python-engineio {versions.get('python-engineio')}, uvicorn {versions.get('uvicorn')} with "
         f"{pys.get('serving_options')} (ws={pys.get('ws')}, loop={pys.get('loop')}, "
-        f"per-message-deflate={pys.get('per_message_deflate')}, ws_ping_interval={pys.get('ws_ping_interval')}); "
+        f"per-message-deflate={pys.get('per_message_deflate')}, ws_ping_interval={pys.get('ws_ping_interval')}, "
+        f"recovery={pys.get('recovery')}); "
         f"Node {versions.get('node')}, socket.io {versions.get('socket.io')} (its defaults: no per-message-deflate), "
         f"@socket.io/redis-adapter {versions.get('@socket.io/redis-adapter')}; load generator: socket.io-client "
         f"{versions.get('socket.io-client')} in {prof['loadgen_workers']} Node processes, WebSocket transport. "
@@ -566,7 +567,8 @@ def results_document(
                 **node_versions(),
             },
             "python_server": {
-                k: info_py.get(k) for k in ("ws", "loop", "per_message_deflate", "ws_ping_interval", "serving_options")
+                k: info_py.get(k)
+                for k in ("ws", "loop", "per_message_deflate", "ws_ping_interval", "serving_options", "recovery")
             },
             "envelope_bytes": sorted(envelope)[0] if len(envelope) == 1 else sorted(envelope),
             "ws_extensions": extensions,

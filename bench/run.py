@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--py-ws", help="uvicorn's ws for the Python server (default: the service's choice)")
     parser.add_argument("--py-loop", help="uvicorn's loop for the Python server (default: the service's choice)")
     parser.add_argument("--py-ws-per-message-deflate", choices=["true", "false"], help="default: the service's choice")
+    parser.add_argument(
+        "--py-recovery", choices=["on", "off"], help="connection state recovery of the Python server (default: on)"
+    )
     args = parser.parse_args(argv)
 
     check_prerequisites()
@@ -92,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             *(["--ws", args.py_ws] if args.py_ws else []),
             *(["--loop", args.py_loop] if args.py_loop else []),
             *(["--ws-per-message-deflate", args.py_ws_per_message_deflate] if args.py_ws_per_message_deflate else []),
+            *(["--recovery", args.py_recovery] if args.py_recovery else []),
         ],
         redis_url=args.redis_url,
         deadline=time.monotonic() + args.max_minutes * 60,
