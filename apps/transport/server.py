@@ -224,8 +224,9 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         self._offered[sid] = (session, offset)
 
     async def _connected(self, sid: str, namespace: str) -> dict[str, Any]:
-        """After the connect handler accepted ``sid``: its session (recovered or new), and the
-        CONNECT reply's data. Returns the missed packets to send after the reply."""
+        """After the connect handler accepted ``sid``: its session, recovered (what it missed is
+        then kept for :meth:`_send_missed`, after the reply) or new. Returns the CONNECT reply's
+        data (with the session's ``pid``, unless the client takes no offsets or the store is down)."""
         recovery = self.recovery
         if recovery is None or sid in self.manager.plain_sids:
             self._kept.pop(sid, None)
@@ -300,8 +301,8 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
             logger.warning("connection state recovery unavailable (%s): the rooms of %s not kept yet", exc, sid)
 
     async def replay(self, sid: str, namespace: str, room: str, since: str, join: Any) -> int | None:
-        """``join()`` (which puts ``sid`` in ``room``, or returns False), then send ``sid`` what was sent to ``room``
-        after the offset ``since``, before anything newer: the number of events sent, or None
+        """``join()`` (which puts ``sid`` in ``room``, or returns False), then send ``sid`` what was
+        sent to ``room`` after the offset ``since``, before anything newer: the number sent, or None
         when the history no longer covers ``since`` (nothing is replayed then; the room is joined
         all the same). Raises RecoveryUnavailable when the history cannot be read."""
         recovery = self.recovery
