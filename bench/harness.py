@@ -199,6 +199,7 @@ class Options:
     py_args: list[str]
     redis_url: str | None
     deadline: float  # monotonic time after which scenarios are skipped
+    node_redis_adapter: str = "pubsub"  # streams: the Redis Streams adapter, with connection state recovery
 
 
 class Server:
@@ -221,7 +222,7 @@ class Server:
             args = [*pin, "node", "--expose-gc", str(BENCH / "node_server.mjs"), "--port", str(self.port)]
             args += ["--secret", SECRET, *parent]
             if redis:
-                args += ["--redis", redis[0], "--redis-key", redis[1]]
+                args += ["--redis", redis[0], "--redis-key", redis[1], "--redis-adapter", opts.node_redis_adapter]
         log_dir = opts.out / "tmp"
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"{self.name}-{self.port}.log"
@@ -396,7 +397,13 @@ def wait_ready_endpoint(server: Server, timeout: float = 10) -> None:
 def check_prerequisites() -> None:
     missing = [
         n
-        for n in ("socket.io", "socket.io-client", "@socket.io/redis-adapter", "redis")
+        for n in (
+            "socket.io",
+            "socket.io-client",
+            "@socket.io/redis-adapter",
+            "@socket.io/redis-streams-adapter",
+            "redis",
+        )
         if not (BENCH / "node_modules" / n).is_dir()
     ]
     if missing:

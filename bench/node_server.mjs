@@ -1,6 +1,7 @@
 // The reference server: socket.io 4.8 on Node doing the same work as the service, for the benchmark.
 //
-//   node [--expose-gc] bench/node_server.mjs --port 9000 --secret S [--redis redis://127.0.0.1:6379 --redis-key K]
+//   node [--expose-gc] bench/node_server.mjs --port 9000 --secret S
+//        [--redis redis://127.0.0.1:6379 --redis-key K [--redis-adapter pubsub|streams]]
 //
 // - namespace /ws; a JWT (HS256, the same secret and checks as the service) in auth.token, the
 //   Authorization header or ?token=; each connection joins user:<sub> and global, gets a
@@ -10,7 +11,9 @@
 // - the bench endpoints of bench/py_server.py (POST /bench/emit runs an emit schedule, POST
 //   /bench/gc, GET /bench/ping), and a stand-in of POST /api/v1/projects and
 //   PUT /api/v1/projects/{id} (an in-memory object; PUT emits project.updated) for the HTTP scenario;
-// - with --redis, @socket.io/redis-adapter shares every emit with the other instances.
+// - with --redis, @socket.io/redis-adapter (pub/sub) shares every emit with the other instances; with
+//   --redis-adapter streams, @socket.io/redis-streams-adapter does, with connection state recovery on
+//   (maxDisconnectionDuration 120 s, the service's default window).
 // socket.io's defaults otherwise (perMessageDeflate off, pingInterval 25 s, pingTimeout 20 s).
 
 import { createServer } from "node:http";
@@ -36,6 +39,7 @@ const { values: args } = parseArgs({
     secret: { type: "string", default: "your-secret-key" },
     redis: { type: "string" },
     "redis-key": { type: "string", default: "socket.io" },
+    "redis-adapter": { type: "string", default: "pubsub" },
     "parent-pid": { type: "string" },
   },
 });
@@ -45,6 +49,13 @@ const MAX_ROOMS = 100;
 const LEEWAY_SECONDS = 10;
 const INSTANCE_ID = randomUUID().slice(0, 12);
 const SECRET = args.secret;
+const STREAMS = args["redis-adapter"] === "streams";
+if (!["pubsub", "streams"].includes(args["redis-adapter"])) {
+  console.error(`--redis-adapter must be pubsub or streams, not ${args["redis-adapter"]}`);
+  process.exit(2);
+}
+const RECOVERY = args.redis && STREAMS ? { maxDisconnectionDuration: 120000 } : null;
+const ADAPTER_PACKAGE = STREAMS ? "@socket.io/redis-streams-adapter" : "@socket.io/redis-adapter";
 
 // --- the envelope ----------------------------------------------------------------------------------
 
@@ -86,24 +97,28 @@ const httpServer = createServer(handleHttp);
 let adapter;
 if (args.redis) {
   const { createClient } = await import("redis");
-  const { createAdapter } = await import("@socket.io/redis-adapter");
+  const { createAdapter } = await import(ADAPTER_PACKAGE);
   const pub = createClient({ url: args.redis });
-  const sub = pub.duplicate();
+  const sub = STREAMS ? null : pub.duplicate(); // the Streams adapter duplicates the client itself
   let lastError = "";
-  pub.on("error", (e) => (lastError = e.message));
-  sub.on("error", (e) => (lastError = e.message));
-  redisClients = [pub, sub];
+  redisClients = sub ? [pub, sub] : [pub];
+  for (const client of redisClients) client.on("error", (e) => (lastError = e.message));
   const timeout = setTimeout(() => {
     console.error(`cannot reach Redis at ${args.redis} in 5 s: ${lastError}`);
     process.exit(1);
   }, 5000);
-  await Promise.all([pub.connect(), sub.connect()]);
+  await Promise.all(redisClients.map((client) => client.connect()));
   clearTimeout(timeout);
-  pub.on("error", (e) => console.error("redis pub error", e.message));
-  sub.on("error", (e) => console.error("redis sub error", e.message));
-  adapter = createAdapter(pub, sub, { key: args["redis-key"] });
+  for (const client of redisClients) client.on("error", (e) => console.error("redis error", e.message));
+  const key = args["redis-key"];
+  adapter = STREAMS
+    ? createAdapter(pub, { streamName: key, channelPrefix: key, sessionKeyPrefix: `${key}:session:` })
+    : createAdapter(pub, sub, { key });
 }
-io = new Server(httpServer, adapter ? { adapter } : {});
+io = new Server(httpServer, {
+  ...(adapter ? { adapter } : {}),
+  ...(RECOVERY ? { connectionStateRecovery: RECOVERY } : {}),
+});
 const nsp = io.of(NAMESPACE);
 
 io.of(/^\/(?!ws$).*/).use((socket, next) => {
@@ -320,7 +335,8 @@ const versions = () => ({
   kind: "node",
   node: process.version,
   "socket.io": require("socket.io/package.json").version,
-  redis_adapter: args.redis ? require("@socket.io/redis-adapter/package.json").version : null,
+  redis_adapter: args.redis ? `${ADAPTER_PACKAGE} ${require(`${ADAPTER_PACKAGE}/package.json`).version}` : null,
+  recovery: RECOVERY ? `on (maxDisconnectionDuration ${RECOVERY.maxDisconnectionDuration} ms)` : "off",
   redis_client: args.redis ? require("redis/package.json").version : null,
   per_message_deflate: false,
 });

@@ -127,7 +127,12 @@ def markdown(results: dict[str, Any]) -> str:
         f"per-message-deflate={pys.get('per_message_deflate')}, ws_ping_interval={pys.get('ws_ping_interval')}, "
         f"recovery={pys.get('recovery')}); "
         f"Node {versions.get('node')}, socket.io {versions.get('socket.io')} (its defaults: no per-message-deflate), "
-        f"@socket.io/redis-adapter {versions.get('@socket.io/redis-adapter')}; load generator: socket.io-client "
+        + (
+            f"in the Redis scenario {nrs['redis_adapter']}, recovery {nrs['recovery']}; "
+            if (nrs := meta.get("node_redis_server") or {}).get("redis_adapter")
+            else f"@socket.io/redis-adapter {versions.get('@socket.io/redis-adapter')}; "
+        )
+        + "load generator: socket.io-client "
         f"{versions.get('socket.io-client')} in {prof['loadgen_workers']} Node processes, WebSocket transport. "
         f"Every event is the service's envelope, {meta.get('envelope_bytes')} bytes of JSON. "
         f"Figures are medians of {prof['repeat']} runs (the rate sweep: one run per rate). "
@@ -481,7 +486,13 @@ def node_versions() -> dict[str, Any]:
             timeout=10,
             check=False,
         ).stdout.strip()
-    for name in ("socket.io", "socket.io-client", "@socket.io/redis-adapter", "redis"):
+    for name in (
+        "socket.io",
+        "socket.io-client",
+        "@socket.io/redis-adapter",
+        "@socket.io/redis-streams-adapter",
+        "redis",
+    ):
         with contextlib.suppress(OSError, ValueError):
             versions[name] = json.loads((BENCH / "node_modules" / name / "package.json").read_text())["version"]
     return versions
@@ -529,6 +540,7 @@ def results_document(
     start and now, the profile, the envelope size and WebSocket extensions the servers reported),
     every case of both servers with its ratios (``combine``), and the errors."""
     info_py = per_server.get("python", {}).get("_info", {}) or per_server.get("python", {}).get("_info_redis", {})
+    info_node_redis = per_server.get("node", {}).get("_info_redis", {})
     envelope = set()
     extensions = {}
     for kind, res in per_server.items():
@@ -570,6 +582,7 @@ def results_document(
                 k: info_py.get(k)
                 for k in ("ws", "loop", "per_message_deflate", "ws_ping_interval", "serving_options", "recovery")
             },
+            "node_redis_server": {k: info_node_redis.get(k) for k in ("redis_adapter", "recovery")},
             "envelope_bytes": sorted(envelope)[0] if len(envelope) == 1 else sorted(envelope),
             "ws_extensions": extensions,
             "profile": prof.__dict__,

@@ -73,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--py-recovery", choices=["on", "off"], help="connection state recovery of the Python server (default: on)"
     )
+    parser.add_argument(
+        "--node-redis-adapter",
+        choices=["pubsub", "streams"],
+        default="pubsub",
+        help="the Node server's Redis adapter; streams: the Redis Streams adapter, with connection state recovery",
+    )
     args = parser.parse_args(argv)
 
     check_prerequisites()
@@ -98,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             *(["--recovery", args.py_recovery] if args.py_recovery else []),
         ],
         redis_url=args.redis_url,
+        node_redis_adapter=args.node_redis_adapter,
         deadline=time.monotonic() + args.max_minutes * 60,
     )
     command = "python bench/run.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()

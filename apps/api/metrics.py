@@ -111,6 +111,11 @@ class _Metrics:
         self.deliveries = Counter(
             "events_deliveries", "Server events handed to clients' connections (one per recipient)"
         )
+        self.recoveries = Counter(
+            "events_recoveries",
+            "Reconnections that asked to recover their session: recovered, or connected afresh (not_recovered)",
+            ["result"],
+        )
         self.slow_clients_dropped = Counter(
             "events_slow_clients_dropped", "WebSocket clients dropped for leaving WEBSOCKET_MAX_BUFFER_BYTES unread"
         )
@@ -220,7 +225,7 @@ class _Watched:
 
 _watched: list[_Watched] = []
 _lock = threading.Lock()  # the sampler (event loop) and the METRICS_PORT listener (a thread) sample
-_seen = {"deliveries": 0, "slow_clients_dropped": 0}
+_seen = {"deliveries": 0, "slow_clients_dropped": 0, "recovered": 0, "not_recovered": 0}
 
 
 def sample() -> None:
@@ -231,6 +236,8 @@ def sample() -> None:
         for name, counter in (
             ("deliveries", metrics.deliveries),
             ("slow_clients_dropped", metrics.slow_clients_dropped),
+            ("recovered", metrics.child(metrics.recoveries, "recovered")),
+            ("not_recovered", metrics.child(metrics.recoveries, "not_recovered")),
         ):
             now = getattr(transport_stats, name)
             if now > _seen[name]:

@@ -47,7 +47,7 @@ class TransportStats:
     A service exports them as it likes (the event service: as Prometheus counters); the transport
     only adds to them, on paths it runs anyway, and never reads them."""
 
-    __slots__ = ("deliveries", "slow_clients_dropped")
+    __slots__ = ("deliveries", "not_recovered", "recovered", "slow_clients_dropped")
 
     def __init__(self) -> None:
         #: Packets handed to recipients' Engine.IO sockets by local delivery (one per recipient of
@@ -55,6 +55,10 @@ class TransportStats:
         self.deliveries = 0
         #: WebSocket clients dropped for leaving more than ``max_send_buffer_bytes`` unread.
         self.slow_clients_dropped = 0
+        #: Connections that asked to recover a session (a ``pid``): recovered, or connected afresh
+        #: (unknown or expired session, history gap, another user, the store unreachable).
+        self.recovered = 0
+        self.not_recovered = 0
 
 
 #: This process's counters.

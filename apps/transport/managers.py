@@ -22,7 +22,7 @@ from socketio import packet as sio_packet
 
 from apps.transport.engine_socket import EngineSocket, stats
 from apps.transport.framing import FramedStr
-from apps.transport.recovery import MemoryRecovery, Recovery
+from apps.transport.recovery import MemoryRecovery, Recovery, format_offset, without_offset
 
 #: How long what reaches an instance from the channel after a recovery is checked against what
 #: the recovery sent (the channel's messages are in flight for milliseconds).
@@ -285,7 +285,7 @@ class LocalManager(RoomIndex, socketio.AsyncManager):  # type: ignore[misc]
             return
         head = packet_head(namespace, event)
         position, packet = recovery.append(namespace, room, head, json_args)
-        plain = f"{head}{json_args}]" if self.plain_sids else None
+        plain = without_offset(packet, format_offset(position)) if self.plain_sids else None
         await deliver_packet(self, packet, namespace, room, position=position, plain=plain)
 
     async def evict(self, namespace: str, room: Any, *, only_in: Any = None, notice: str | None = None) -> None:

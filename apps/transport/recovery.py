@@ -77,10 +77,25 @@ def without_offset(packet: str, offset: str) -> str:
     return packet[: -len(suffix)] + "]" if packet.endswith(suffix) else packet
 
 
+#: The key an event's offset is given in its argument too, when that argument is a JSON object
+#: (the envelope then says where it stands, for clients that do not take the extra argument).
+OFFSET_KEY = "offset"
+
+
+def stamped(json_args: str, offset: str) -> str:
+    """``json_args`` with ``"offset": <offset>`` added when it is a JSON object (else as it is)."""
+    text = json_args.rstrip()
+    if not text.endswith("}"):
+        return json_args
+    inner = text[:-1].rstrip()
+    separator = "" if inner.endswith("{") else ","
+    return f'{inner}{separator}"{OFFSET_KEY}":"{offset}"}}'
+
+
 def with_offset(packet_head: str, json_args: str, offset: str) -> str:
-    """The EVENT packet text whose arguments are ``json_args`` followed by the offset (``packet_head``
-    is ``2/ns,["event",``)."""
-    return f'{packet_head}{json_args},"{offset}"]'
+    """The EVENT packet text whose argument is ``json_args`` (stamped with the offset) followed by
+    the offset itself (``packet_head`` is ``2/ns,["event",``)."""
+    return f'{packet_head}{stamped(json_args, offset)},"{offset}"]'
 
 
 @dataclass(slots=True)

@@ -46,7 +46,7 @@ from apps.transport.managers import (
     packet_head,
 )
 from apps.transport.recovery import format_offset, parse_offset
-from apps.transport.redis_recovery import RedisRecovery, recorded_message
+from apps.transport.redis_recovery import RedisRecovery, recorded_body, recorded_message
 
 #: Our messages on the channel: an EVENT packet already encoded; connections to take out of a room.
 EMIT_PACKET = "emit_packet"
@@ -98,7 +98,7 @@ class PacketPublisher:
         #: with connection state recovery: every event is added to the history as it is published
         self.recovery = recovery
         #: events Redis could not take yet, oldest first (with recovery only; see publish_event)
-        self.outbox: deque[tuple[str, str, Any, tuple[str, str, str], str]] = deque()
+        self.outbox: deque[tuple[str, str, Any, tuple[str, ...], str]] = deque()
         self.outbox_max = outbox_max
         self._drain: asyncio.Task[None] | None = None
         self.url = url
@@ -125,7 +125,7 @@ class PacketPublisher:
         if self.recovery is None:
             await self.publish_packet(event_packet(namespace, event, json_args), namespace, room)
             return
-        body = packet_head(namespace, event) + json_args
+        body = recorded_body(packet_head(namespace, event), json_args)
         item = (body, namespace, room, recorded_message(EMIT_PACKET, body, namespace, room, self.host_id), key)
         if not self.outbox:
             try:
@@ -141,7 +141,7 @@ class PacketPublisher:
         if self._drain is None or self._drain.done():
             self._drain = asyncio.ensure_future(self._drain_outbox())
 
-    async def _publish_recorded(self, item: tuple[str, str, Any, tuple[str, str, str], str]) -> None:
+    async def _publish_recorded(self, item: tuple[str, str, Any, tuple[str, ...], str]) -> None:
         assert self.recovery is not None
         body, namespace, room, message, key = item
         try:

@@ -33,7 +33,7 @@ from typing import Any
 
 from redis import asyncio as aioredis
 
-from apps.transport.recovery import Recorded, Recovery, RecoveryUnavailable, Session, parse_offset
+from apps.transport.recovery import Recorded, Recovery, RecoveryUnavailable, Session, parse_offset, stamped
 
 logger = logging.getLogger(__name__)
 
@@ -43,18 +43,24 @@ FLUSH_SECONDS = 1.0
 _ERRORS = (aioredis.RedisError, OSError, TimeoutError)
 
 #: Adds an event to the stream and publishes its packet, with its id, on the channel; once per
-#: event key (KEYS[2], kept the window): a publish retried after an answer was lost does nothing.
-#: KEYS[1] stream; ARGV: channel, max events, min id (ms), namespace, rooms (JSON), body, and the
-#: channel message cut where the id goes: head, middle, tail (message = head..id..middle..id..tail),
-#: and the key's lifetime (ms).
+#: event key (KEYS[2], kept ARGV[7] ms): a publish retried after an answer was lost does nothing.
+#: KEYS[1] stream; ARGV: channel, max events, min id (ms), namespace, rooms (JSON), body (with
+#: :data:`ID` where the id goes, filled in when it is read), the key's lifetime, then the number
+#: of pieces of the channel message and the pieces: the message is the pieces joined by the id.
 PUBLISH_RECORDED = """
 if KEYS[2] ~= '' then
-  local first = redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[10])
+  local first = redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[7])
   if not first then return 'duplicate' end
 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'n', ARGV[4], 'r', ARGV[5], 'b', ARGV[6])
 redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[3])
-redis.call('PUBLISH', ARGV[1], ARGV[7] .. id .. ARGV[8] .. id .. ARGV[9])
+local count = tonumber(ARGV[8])
+local pieces = {}
+for i = 1, count do
+  pieces[#pieces + 1] = ARGV[8 + i]
+  if i < count then pieces[#pieces + 1] = id end
+end
+redis.call('PUBLISH', ARGV[1], table.concat(pieces))
 return id
 """
 
@@ -86,26 +92,32 @@ redis.call('SET', KEYS[1], cjson.encode(session), 'PX', ARGV[3])
 return 1
 """
 
-_ID = "\x00ID\x00"
-_ID_JSON = json.dumps(_ID)[1:-1]  # as it reads inside a JSON string
+#: Where an event's id goes in what is written before Redis gives it (NUL never is in JSON text).
+ID = "\x00ID\x00"
+_ID_JSON = json.dumps(ID)[1:-1]  # as it reads inside a JSON string
 
 
-def recorded_message(method: str, body: str, namespace: str, room: Any, host_id: str) -> tuple[str, str, str]:
-    """The channel message for an event whose id is not known yet, cut where the id goes twice:
-    in the packet (``<body>,"<id>"]``) and as ``offset``."""
+def recorded_body(head: str, json_args: str) -> str:
+    """The packet of an event whose id is not known yet, without its last argument and ``]``: its
+    argument stamped with :data:`ID` (see recovery.stamped)."""
+    return head + stamped(json_args, ID)
+
+
+def recorded_message(method: str, body: str, namespace: str, room: Any, host_id: str) -> tuple[str, ...]:
+    """The channel message for an event whose id is not known yet, cut where the id goes: in the
+    body (``recorded_body``), after it (``<body>,"<id>"]``) and as ``offset``."""
     text = json.dumps(
         {
             "method": method,
-            "packet": f'{body},"{_ID}"]',
-            "offset": _ID,
+            "packet": f'{body},"{ID}"]',
+            "offset": ID,
             "namespace": namespace,
             "room": room,
             "host_id": host_id,
         },
         separators=(",", ":"),
     )
-    head, middle, tail = text.split(_ID_JSON)
-    return head, middle, tail
+    return tuple(text.split(_ID_JSON))
 
 
 def _session_json(session: Session) -> str:
@@ -170,7 +182,7 @@ class RedisRecovery(Recovery):
     # --- publishing -----------------------------------------------------------------------
 
     async def publish(
-        self, channel: str, body: str, namespace: str, room: Any, message: tuple[str, str, str], key: str = ""
+        self, channel: str, body: str, namespace: str, room: Any, message: tuple[str, ...], key: str = ""
     ) -> str:
         """Add the event to the stream and publish it on ``channel``, once per ``key`` (an event
         id: a retry is a no-op); returns its offset (``duplicate`` for a retry). Raises what the
@@ -180,7 +192,17 @@ class RedisRecovery(Recovery):
         once = f"{self.stream}:published:{key}" if key else ""
         offset = await self._publish(
             keys=[self.stream, once],
-            args=[channel, self.max_events, min_id, namespace, rooms, body, *message, int(self.window * 1000) + 60_000],
+            args=[
+                channel,
+                self.max_events,
+                min_id,
+                namespace,
+                rooms,
+                body,
+                int(self.window * 1000) + 60_000,
+                len(message),
+                *message,
+            ],
         )
         return offset.decode() if isinstance(offset, bytes) else str(offset)
 
@@ -195,7 +217,7 @@ class RedisRecovery(Recovery):
                     (
                         entry_id,
                         fields[b"n"].decode(),
-                        f'{fields[b"b"].decode()},"{entry_id}"]',
+                        f'{fields[b"b"].decode().replace(ID, entry_id)},"{entry_id}"]',
                         json.loads(fields[b"r"]),
                     )
                 )
@@ -319,7 +341,7 @@ class RedisRecovery(Recovery):
             try:
                 entry_namespace = fields[b"n"].decode()
                 entry_rooms = frozenset(json.loads(fields[b"r"]))
-                body = fields[b"b"].decode()
+                body = fields[b"b"].decode().replace(ID, entry_id)
             except (KeyError, ValueError, UnicodeDecodeError):
                 continue
             position = parse_offset(entry_id)

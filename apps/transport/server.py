@@ -39,7 +39,7 @@ from socketio import packet as sio_packet
 from apps.transport.admin import InstrumentedServer
 from apps.transport.conversation import Conversations, TooManyPending
 from apps.transport.engine_server import EngineServer
-from apps.transport.engine_socket import spawn
+from apps.transport.engine_socket import spawn, stats
 from apps.transport.recovery import (
     RECOVERABLE_REASONS,
     Recorded,
@@ -112,6 +112,7 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         self._pids: dict[str, str] = {}
         self._missed: dict[str, list[Recorded]] = {}  # sid -> the private id of its session (recovery on)
         self._offered: dict[str, tuple[Session, str]] = {}  # sid -> the session it may recover, from
+        self._asked: set[str] = set()  # sids whose CONNECT asked to recover (until the reply)
         self._kept: dict[str, dict[str, Any]] = {}  # sid -> what the connect handler keeps with it
         self.eio.on("message", self._on_eio_message)  # a plain function: called in order, at once
         self.eio.on("disconnect", self._on_eio_disconnect)
@@ -211,6 +212,7 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         pid, offset = data.get("pid"), data.get("offset")
         if not isinstance(pid, str):
             return
+        self._asked.add(sid)
         try:
             session = await recovery.session(pid)
             if session is None or session.namespace != namespace:
@@ -233,6 +235,10 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
             return {"sid": sid}
         kept = self._kept.pop(sid, {})
         offered = self._offered.pop(sid, None)
+        asked = sid in self._asked
+        self._asked.discard(sid)
+        if offered is None and asked:
+            stats.not_recovered += 1
         if offered is not None:
             session, offset = offered
             rooms = [room for room in self.manager.get_rooms(sid, namespace) if room != sid]
@@ -242,7 +248,10 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
             except RecoveryUnavailable as exc:
                 logger.warning("connection state recovery unavailable (%s): connecting %s afresh", exc, sid)
                 missed = taken = None
+            if taken is None or missed is None:
+                stats.not_recovered += 1
             if taken is not None and missed is not None:  # recovered
+                stats.recovered += 1
                 taken.data = kept or taken.data
                 self._pids[sid] = taken.pid
                 await self._rooms_changed(sid, namespace)
@@ -268,6 +277,7 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         """``sid`` left ``namespace``: its session is kept for the window when it was lost (not
         closed on purpose), with the rooms it was in."""
         self._offered.pop(sid, None)
+        self._asked.discard(sid)
         self._kept.pop(sid, None)
         self._missed.pop(sid, None)
         self.manager.plain_sids.discard(sid)
@@ -460,6 +470,7 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
 
         if success is False:
             self._offered.pop(sid, None)
+            self._asked.discard(sid)
             self._kept.pop(sid, None)
             if self.recovery is not None:
                 self.manager.held.pop(sid, None)  # refused: nothing of it is sent

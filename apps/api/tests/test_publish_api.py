@@ -33,7 +33,8 @@ _META = b"\n@@curl-meta@@"
 
 SERVER_ONLY = {"connection_established", "project.access_revoked", "token.expiring", "connection.closing"}
 PUBLISHABLE = sorted(t.value for t in EventType if t.value not in SERVER_ONLY)
-ENVELOPE = {"id", "type", "timestamp", "source", "data"}
+#: The envelope as clients get it; `offset`: where it stands in the history (recovery is on)
+ENVELOPE = {"id", "type", "timestamp", "source", "data", "offset"}
 
 
 def service_token(sub: str | None = None) -> str:

@@ -27,6 +27,7 @@ from apps.api.tests.support import RunningServer, make_token, serve_in_process
 from apps.api.tests.support import test_settings as settings_for
 from apps.api.tests.tcp_proxy import TcpProxy, tcp_proxy
 from apps.api.tests.test_js_client import STEP_TIMEOUT, add_member, bearer, create_project, node, run_js  # noqa: F401
+from apps.transport.engine_socket import stats
 
 MISSED = 200
 
@@ -84,11 +85,13 @@ async def test_a_client_that_loses_its_network_gets_back_what_it_missed(run_js, 
             assert [ack["status"] for ack in await js.report("ready")] == ["success"]
             await send(agent, range(3))
             await js.next(lambda m: m.get("seen") == 3, "the first 3 events")
+            recovered_before = stats.recovered
             await away(js, proxy)
             await send(agent, range(3, 3 + MISSED))  # while it is away
             proxy.restore()
             connects = await js.next(lambda m: len(m.get("connects", [])) == 2, "the reconnection", timeout=20)
             assert connects["connects"][1]["recovered"] is True, connects
+            assert stats.recovered == recovered_before + 1  # events_recoveries_total{result="recovered"}
             await send(agent, range(3 + MISSED, 3 + MISSED + 1))  # after it is back
             result = await js.report("result", timeout=STEP_TIMEOUT + 20)
             await js.finish()
@@ -115,6 +118,7 @@ async def not_recovered(
             await js.report("ready")
             await send(agent, range(3))
             await js.next(lambda m: m.get("seen") == 3, "the first 3 events")
+            not_recovered_before = stats.not_recovered
             await away(js, proxy)
             await send(agent, range(3, 3 + MISSED))
             await before_restore()
@@ -122,6 +126,7 @@ async def not_recovered(
             result: dict[str, Any] = await js.report("result", timeout=STEP_TIMEOUT + 20)
             await js.finish()
     assert result["names"] == ["e0000", "e0001", "e0002"]  # nothing of what it missed
+    assert stats.not_recovered > not_recovered_before  # events_recoveries_total{result="not_recovered"}
     assert f"agent:{agent}" not in result["rooms"]  # a new connection: it subscribes again itself
     return result
 
@@ -232,6 +237,7 @@ async def test_python_socketio_clients_get_no_offsets_and_no_session(server: Run
         await send(agent, range(1))
         event = await client.expect("agent.status_changed")
         assert isinstance(event, dict) and event["data"]["agent_name"] == "e0000"  # one argument
+        assert isinstance(event["offset"], str)  # where it stands: what `subscribe` takes as `since`
     finally:
         await client.close()
     assert (await raw_connect(server, {"token": make_token(), "recovery": False})).keys() == {"sid"}
@@ -300,6 +306,7 @@ async def test_subscribe_since_an_offset_replays_what_came_after_it_before_anyth
             invalid = json.loads((await later.next("43/ws,4"))[len("43/ws,4") :])[0]
     assert [args[1]["data"]["agent_name"] for args in replayed] == ["e0002", "e0003", "e0004"]
     assert [args[2] for args in replayed] == offsets[2:]  # each with its offset
+    assert [args[1]["offset"] for args in replayed] == offsets[2:]  # in the envelope too
     assert ack["status"] == "success" and ack["covered"] is True and ack["replayed"] == 3
     assert live[1]["data"]["agent_name"] == "e0005" and live[2] > offsets[-1]
     assert stale["status"] == "success" and stale["covered"] is False and stale["replayed"] == 0

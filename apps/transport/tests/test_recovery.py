@@ -9,6 +9,8 @@ from apps.transport.recovery import (
     format_offset,
     parse_offset,
     speaks_recovery,
+    stamped,
+    without_offset,
 )
 
 HEAD = '2/ws,["e",'
@@ -30,10 +32,18 @@ def test_offsets_order_within_one_millisecond_and_across():
     clock.now += 0.002
     third, _ = history.append("/ws", "r", HEAD, "{}")
     assert first < second < third and first[0] == second[0]
-    assert packet == f'{HEAD}{{}},"{format_offset(first)}"]'
+    offset = format_offset(first)
+    assert packet == f'{HEAD}{{"offset":"{offset}"}},"{offset}"]'  # in the object, and after it
     assert parse_offset(format_offset(third)) == third
     for bad in ("", "1", "a-1", "1-b", "-1", "1-", "1-2-3", "\u0661-\u0662", 5, None, "9" * 50 + "-1"):
         assert parse_offset(bad) is None
+
+
+def test_an_object_argument_is_stamped_with_its_offset_and_anything_else_left_alone():
+    assert stamped('{"a":1}', "5-0") == '{"a":1,"offset":"5-0"}'
+    assert stamped("{ }", "5-0") == '{"offset":"5-0"}'
+    assert stamped("[1]", "5-0") == "[1]" and stamped('"text"', "5-0") == '"text"'
+    assert without_offset(f'{HEAD}{{"a":1,"offset":"5-0"}},"5-0"]', "5-0") == f'{HEAD}{{"a":1,"offset":"5-0"}}]'
 
 
 def test_since_gives_what_came_after_the_offset_to_the_rooms_asked_for():

@@ -14,7 +14,7 @@ import pytest
 from redis import asyncio as aioredis
 
 from apps.transport.recovery import Session
-from apps.transport.redis_recovery import RedisRecovery, recorded_message
+from apps.transport.redis_recovery import RedisRecovery, recorded_body, recorded_message
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 HEAD = '2/ws,["e",'
@@ -38,7 +38,7 @@ async def recovery() -> AsyncIterator[RedisRecovery]:
 
 
 async def publish(recovery: RedisRecovery, channel: str, n: int, key: str = "") -> str:
-    body = HEAD + json.dumps({"n": n})
+    body = recorded_body(HEAD, json.dumps({"n": n}))
     return await recovery.publish(
         channel, body, "/ws", "room", recorded_message("emit_packet", body, "/ws", "room", "h"), key
     )
@@ -63,7 +63,7 @@ async def test_an_event_published_again_with_its_key_is_taken_once(recovery: Red
         await listener.aclose()
     assert again == "duplicate" and first != other
     assert [m["offset"] for m in messages] == [first, other]
-    assert messages[0]["packet"] == f'{HEAD}{{"n": 1}},"{first}"]'
+    assert messages[0]["packet"] == f'{HEAD}{{"n": 1,"offset":"{first}"}},"{first}"]'  # in the envelope too
     missed = await recovery.since("/ws", "0-0", ["room"])
     assert missed is not None and [event.packet for event in missed] == [m["packet"] for m in messages]
 
