@@ -469,8 +469,9 @@ class RedisManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc]
         if recovery is None or self._last_seen is None or self.write_only:
             return
         entries = await recovery.entries_after(format_offset(self._last_seen))
-        for entry_id, namespace, packet, rooms in entries:
-            await self._deliver_recorded({"packet": packet, "offset": entry_id, "namespace": namespace, "room": rooms})
+        for entry in entries:
+            message = {"packet": entry.packet, "offset": format_offset(entry.position), "namespace": entry.namespace}
+            await self._deliver_recorded({**message, "room": sorted(entry.rooms)})
         if entries:
             logger.warning("websocket redis subscription restored: %d events delivered from the history", len(entries))
 

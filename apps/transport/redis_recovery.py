@@ -206,23 +206,22 @@ class RedisRecovery(Recovery):
         )
         return offset.decode() if isinstance(offset, bytes) else str(offset)
 
-    async def entries_after(self, offset: str) -> list[tuple[str, str, str, Any]]:
-        """Every entry of the history after ``offset``: (id, namespace, packet with its offset, rooms)."""
-        entries = await self._call("read history", self.client.xrange(self.stream, f"({offset}", "+"))
+    async def entries_after(self, offset: str, count: int | None = None) -> list[Recorded]:
+        """The entries of the history after ``offset``, oldest first (at most ``count``), each
+        with its packet as clients get it (its offset filled in). Unreadable entries are left out."""
+        entries = await self._call("read history", self.client.xrange(self.stream, f"({offset}", "+", count=count))
         out = []
         for raw_id, fields in entries:
             entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            position = parse_offset(entry_id)
             try:
-                out.append(
-                    (
-                        entry_id,
-                        fields[b"n"].decode(),
-                        f'{fields[b"b"].decode().replace(ID, entry_id)},"{entry_id}"]',
-                        json.loads(fields[b"r"]),
-                    )
-                )
-            except (KeyError, ValueError, UnicodeDecodeError):
+                namespace = fields[b"n"].decode()
+                rooms = frozenset(json.loads(fields[b"r"]))
+                body = fields[b"b"].decode().replace(ID, entry_id)
+            except (KeyError, ValueError, TypeError, UnicodeDecodeError):
                 continue
+            if position is not None:
+                out.append(Recorded(position, namespace, rooms, f'{body},"{entry_id}"]', 0.0))
         return out
 
     # --- sessions -------------------------------------------------------------------------
@@ -332,22 +331,8 @@ class RedisRecovery(Recovery):
         if not await self.covers(offset):
             return None
         wanted = set(rooms)
-        entries = await self._call(
-            "read history", self.client.xrange(self.stream, f"({offset}", "+", count=self.max_events + 1000)
-        )
-        missed = []
-        for raw_id, fields in entries:
-            entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
-            try:
-                entry_namespace = fields[b"n"].decode()
-                entry_rooms = frozenset(json.loads(fields[b"r"]))
-                body = fields[b"b"].decode().replace(ID, entry_id)
-            except (KeyError, ValueError, UnicodeDecodeError):
-                continue
-            position = parse_offset(entry_id)
-            if position is None or entry_namespace != namespace or entry_rooms.isdisjoint(wanted):
-                continue
-            missed.append(Recorded(position, entry_namespace, entry_rooms, f'{body},"{entry_id}"]', 0.0))
+        entries = await self.entries_after(offset, count=self.max_events + 1000)
+        missed = [entry for entry in entries if entry.namespace == namespace and not entry.rooms.isdisjoint(wanted)]
         if not await self.covers(offset):  # trimmed while it was read
             return None
         return missed

@@ -241,7 +241,7 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
             stats.not_recovered += 1
         if offered is not None:
             session, offset = offered
-            rooms = [room for room in self.manager.get_rooms(sid, namespace) if room != sid]
+            rooms = self._session_rooms(sid, namespace)
             try:
                 missed = await recovery.since(namespace, offset, rooms)
                 taken = await recovery.take(session.pid, sid) if missed is not None else None
@@ -285,11 +285,15 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         recovery = self.recovery
         if pid is None or recovery is None:
             return
-        rooms = [room for room in self.manager.get_rooms(sid, namespace) if room != sid]
+        rooms = self._session_rooms(sid, namespace)
         try:
             await recovery.closed(pid, sid, rooms, recoverable=reason in RECOVERABLE_REASONS)
         except RecoveryUnavailable as exc:
             logger.warning("connection state recovery unavailable (%s): the session of %s was not kept", exc, sid)
+
+    def _session_rooms(self, sid: str, namespace: str) -> list[str]:
+        """The rooms a session keeps: those ``sid`` is in, but its own."""
+        return [room for room in self.manager.get_rooms(sid, namespace) if room != sid]
 
     async def enter_room(self, sid: str, room: Any, namespace: str | None = None) -> None:
         await super().enter_room(sid, room, namespace=namespace)
@@ -306,7 +310,7 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         if pid is None or recovery is None:
             return
         try:
-            await recovery.rooms_changed(pid, [room for room in self.manager.get_rooms(sid, namespace) if room != sid])
+            await recovery.rooms_changed(pid, self._session_rooms(sid, namespace))
         except RecoveryUnavailable as exc:
             logger.warning("connection state recovery unavailable (%s): the rooms of %s not kept yet", exc, sid)
 

@@ -16,7 +16,7 @@ from uuid import UUID, uuid4
 import httpx
 import pytest
 
-from apps.api.tests.redis_support import delete_prefix, isolation, own_redis
+from apps.api.tests.redis_support import RedisProcess, delete_prefix, isolation, own_redis
 from apps.api.tests.support import ServerProcess, WsClient, free_port, make_token, start_server_process
 from apps.api.tests.tcp_proxy import tcp_proxy
 from apps.api.tests.test_js_client import STEP_TIMEOUT, node, run_js  # noqa: F401 - the Node fixtures
@@ -45,6 +45,24 @@ async def publish(http: httpx.AsyncClient, agent: UUID, names: range) -> None:
             "/api/v1/events", json={"type": "agent.status_changed", "data": data}, headers=SERVICE
         )
         assert response.status_code == 202, response.text
+
+
+async def publish_through_a_redis_restart(
+    http: httpx.AsyncClient, redis: RedisProcess, agent: UUID, kill_at: int, total: int
+) -> None:
+    """Events e0000.. to ``total``: Redis is killed (SIGKILL) after ``kill_at`` of them, kept down
+    for a second while publishing goes on (up to ten short of ``total``), started again, and the
+    rest published."""
+    await publish(http, agent, range(kill_at))
+    await redis.stop()
+    down = asyncio.ensure_future(asyncio.sleep(1.0))  # the stimulus: Redis is down for 1 s
+    published = kill_at
+    while not down.done() and published < total - 10:
+        await publish(http, agent, range(published, published + 1))
+        published += 1
+    await down  # down for the whole second
+    await redis.start()
+    await publish(http, agent, range(published, total))
 
 
 def port_of(server: ServerProcess) -> int:
@@ -104,16 +122,7 @@ async def test_a_redis_restart_loses_no_event_a_publisher_was_told_was_taken():
                     clients.append(client)
                     assert (await client.call("subscribe", {"room": f"agent:{agent}"}))["status"] == "success"
             async with httpx.AsyncClient(base_url=first.url, timeout=10) as http:
-                await publish(http, agent, range(kill_at))
-                await redis.stop()  # SIGKILL
-                restart = asyncio.ensure_future(asyncio.sleep(1.0))  # the stimulus: Redis is down for 1 s
-                published = kill_at
-                while not restart.done() and published < total - 10:
-                    await publish(http, agent, range(published, published + 1))
-                    published += 1
-                await restart  # down for the whole second
-                await redis.start()
-                await publish(http, agent, range(published, total))
+                await publish_through_a_redis_restart(http, redis, agent, kill_at, total)
             for client in clients:
                 events = [await client.expect("agent.status_changed", timeout=15) for _ in range(total)]
                 names = [event["data"]["agent_name"] for event in events]
@@ -191,16 +200,7 @@ async def test_the_official_client_misses_nothing_across_a_redis_restart(run_js)
             }
             async with run_js("recovery.mjs", **env) as js, httpx.AsyncClient(base_url=first.url, timeout=10) as http:
                 assert [ack["status"] for ack in await js.report("ready")] == ["success"]
-                await publish(http, agent, range(kill_at))
-                await redis.stop()  # SIGKILL
-                down = asyncio.ensure_future(asyncio.sleep(1.0))  # the stimulus: Redis is down for 1 s
-                published = kill_at
-                while not down.done() and published < total - 10:
-                    await publish(http, agent, range(published, published + 1))
-                    published += 1
-                await down  # down for the whole second
-                await redis.start()
-                await publish(http, agent, range(published, total))
+                await publish_through_a_redis_restart(http, redis, agent, kill_at, total)
                 result: dict[str, Any] = await js.report("result", timeout=STEP_TIMEOUT + 20)
                 await js.finish()
         finally:
