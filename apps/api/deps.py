@@ -65,6 +65,34 @@ class AuthenticatedRoute(APIRoute):
         return authenticated
 
 
+def require_service_or_admin(user: Principal, request: Request, refusal: str, code: str | None = None) -> None:
+    """403 (``refusal``, ``{role}`` the service role's name) unless ``user`` is an admin or has
+    ``JWT_SERVICE_ROLE``."""
+    role = request.app.state.settings.jwt_service_role
+    if not user.is_admin and role not in user.roles:
+        raise ApiError(403, refusal.format(role=role), code=code)
+
+
+class ServiceOrAdminRoute(AuthenticatedRoute):
+    """A route for services and administrators: 401 without a token, then 403 unless its roles
+    include ``JWT_SERVICE_ROLE`` or it is an admin's, both before FastAPI reads the body (so any
+    other token is 403 whatever the body). Subclasses say what the refusal says: ``refusal``
+    (``{role}`` is the service role's name) and ``refusal_code`` (None: 403's default code)."""
+
+    refusal = "This endpoint is for administrators and services (the {role!r} role)"
+    refusal_code: str | None = None
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        refusal, code = self.refusal, self.refusal_code
+
+        async def services_and_admins_only(request: Request) -> Response:
+            require_service_or_admin(await authenticate(request), request, refusal, code)
+            return await handler(request)
+
+        return services_and_admins_only
+
+
 async def current_principal(request: Request) -> Principal:
     return await authenticate(request)
 

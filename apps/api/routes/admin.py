@@ -15,14 +15,14 @@ just closed, or live on another instance).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Body, Path, Request, Response, status
+from fastapi import APIRouter, Body, Path, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from apps.api.deps import AuthenticatedRoute, CurrentUser, authenticate
+from apps.api.deps import CurrentUser, ServiceOrAdminRoute
 from apps.api.errors import ApiError
 from apps.api.events.emitter import DeliveryError
 from apps.api.websocket.auth import Principal
@@ -32,23 +32,10 @@ from apps.api.websocket.protocol import INSTANCE_ID
 DEFAULT_MESSAGE = "An administrator closed this connection"
 
 
-def _require_operator(user: Principal, request: Request) -> None:
-    role = request.app.state.settings.jwt_service_role
-    if not user.is_admin and role not in user.roles:
-        raise ApiError(403, f"Disconnecting connections is for administrators and services (the {role!r} role)")
+class OperatorRoute(ServiceOrAdminRoute):
+    """A route for operators: administrators and services."""
 
-
-class OperatorRoute(AuthenticatedRoute):
-    """401 without a token, then 403 unless an admin or a service, both before the body is read."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def operators_only(request: Request) -> Response:
-            _require_operator(await authenticate(request), request)
-            return await handler(request)
-
-        return operators_only
+    refusal = "Disconnecting connections is for administrators and services (the {role!r} role)"
 
 
 router = APIRouter(prefix="/api/v1/websocket", tags=["websocket"], route_class=OperatorRoute)

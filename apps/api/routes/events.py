@@ -11,37 +11,22 @@ publish's event id), across instances and restarts.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request, Response, status
+from fastapi import APIRouter, Header, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from apps.api.deps import AuthenticatedRoute, CurrentUser, HandledRequestsDep, authenticate
+from apps.api.deps import CurrentUser, HandledRequestsDep, ServiceOrAdminRoute, require_service_or_admin
 from apps.api.errors import ApiError
 from apps.api.events.broadcaster import PUBLISHABLE, DeliveryError, EventValidationError, get_broadcaster
-from apps.api.websocket.auth import Principal
 from apps.api.websocket.models import EventType
 
 
-def _require_service(user: Principal, request: Request) -> None:
-    role = request.app.state.settings.jwt_service_role
-    if not user.is_admin and role not in user.roles:
-        raise ApiError(403, f"Publishing needs a token with the {role!r} role", code="SERVICE_ROLE_REQUIRED")
+class ServiceRoute(ServiceOrAdminRoute):
+    """A route for publishers (the service role, or an admin)."""
 
-
-class ServiceRoute(AuthenticatedRoute):
-    """A route for publishers: 401 without a token, then 403 without the service (or admin) role,
-    both before FastAPI reads the body (so a plain user is 403 whatever the body)."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def service_only(request: Request) -> Response:
-            _require_service(await authenticate(request), request)
-            return await handler(request)
-
-        return service_only
+    refusal = "Publishing needs a token with the {role!r} role"
+    refusal_code = "SERVICE_ROLE_REQUIRED"
 
 
 router = APIRouter(prefix="/api/v1/events", tags=["events"], route_class=ServiceRoute)
@@ -71,7 +56,8 @@ async def publish_event(
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> Published:
     """Validates and broadcasts one event; 202 with its id, 422 naming what is wrong."""
-    _require_service(user, request)  # ServiceRoute has checked already; kept for direct callers
+    # ServiceRoute has checked already; kept for direct callers
+    require_service_or_admin(user, request, ServiceRoute.refusal, ServiceRoute.refusal_code)
     try:
         event_type = EventType(body.type)
         if event_type not in PUBLISHABLE:
