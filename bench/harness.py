@@ -55,6 +55,8 @@ class Profile:
     fanout_sizes: tuple[int, ...] = (5000, 1000)
     fanout_events: int = 5
     fanout_interval: float = 1.0
+    #: back-to-back bursts: (clients in the room, events), each on its own server
+    bursts: tuple[tuple[int, int], ...] = ((1000, 200), (5000, 50))
     rate_clients: int = 1000
     rates: tuple[float, ...] = (5, 10, 20, 30, 50, 75, 100, 150, 200)
     rate_seconds: float = 3.0
@@ -82,6 +84,7 @@ QUICK = Profile(
     fanout_sizes=(20,),
     fanout_events=5,
     fanout_interval=0.1,
+    bursts=((20, 20),),
     rate_clients=20,
     rates=(20,),
     rate_seconds=1.0,

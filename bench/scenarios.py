@@ -29,7 +29,7 @@ from bench.harness import (
     wait_ready_endpoint,
 )
 
-SCENARIOS = ("idle", "rooms", "fanout", "rate", "single", "http", "redis")
+SCENARIOS = ("idle", "rooms", "fanout", "burst", "rate", "single", "http", "redis")
 #: The agent id index of the fan-out room (bench/common.mjs: agentId).
 FANOUT_AGENT = 999_999
 
@@ -214,6 +214,22 @@ def part_fanout(sess: Session, lg: LoadGen, server: Server, size: int) -> int:
     return live
 
 
+def part_burst(sess: Session, lg: LoadGen, server: Server, size: int, events: int) -> None:
+    """``events`` events back to back (the server yields to its event loop between them, as a
+    producer's awaits would) to one room of ``size`` clients."""
+    prof = sess.prof
+    live = fanout_room_ready(lg, server, size, prof)
+    spec = {"count": events, "rate": 0, "agent_base": FANOUT_AGENT, "rooms": 1, "max_seconds": 60}
+    figures = sess.repeat(
+        [server],
+        lg,
+        lambda: measure([server], lg, emit_trigger(server, spec), live * events, quiet_s=prof.quiet_s, deadline_s=90),
+        prof.repeat,
+    )
+    figures.update(clients=live, events=events)
+    sess.record(f"burst-{size}x{events}", figures)
+
+
 def measure_rate(lg: LoadGen, server: Server, live: int, rate: float, prof: Profile) -> dict[str, Any]:
     """``rate`` events a second for ``rate_seconds`` to the fan-out room of ``live`` clients."""
     count = int(rate * prof.rate_seconds)
@@ -353,6 +369,9 @@ def main_session(sess: Session, scenarios: set[str]) -> None:
                 part_fanout(sess, lg, server, size)
                 if "rate" in scenarios and size == prof.rate_clients:
                     part_rate(sess, lg, server)  # the same clients
+        for size, events in prof.bursts if "burst" in scenarios else ():
+            with fresh_server(sess, lg) as server:
+                part_burst(sess, lg, server, size, events)
         if "rate" in scenarios and prof.rate_clients not in sizes:
             with fresh_server(sess, lg) as server:
                 part_rate(sess, lg, server)

@@ -65,6 +65,9 @@ BROADCAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 #: Seconds. Over 0.1 s clients notice (acks, heartbeats and deliveries all wait for the loop).
 LOOP_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
+#: Label children kept, looked up by the value the code gave (an enum, a string).
+MAX_CHILDREN = 4096
+
 REDIS_UP = "events_redis_up"
 REDIS_OUTBOX = "events_redis_outbox_events"
 _LABEL_VALUE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -132,14 +135,17 @@ class _Metrics:
         self._redis_up: Gauge | None = None
         self._outbox: Gauge | None = None
         # label children, looked up once per value
-        self._children: dict[tuple[int, str], Any] = {}
+        self._children: dict[tuple[int, object], Any] = {}
 
     def child(self, metric: Counter, value: object) -> Any:
-        label = _label(value)
-        key = (id(metric), label)
+        """``metric.labels(_label(value))``, looked up once per value given (the values are the
+        code's constants; past :data:`MAX_CHILDREN` given values, the label is worked out again)."""
+        key = (id(metric), value)
         found = self._children.get(key)
         if found is None:
-            found = self._children[key] = metric.labels(label)
+            found = metric.labels(_label(value))
+            if len(self._children) < MAX_CHILDREN:
+                self._children[key] = found
         return found
 
     def outbox(self) -> Gauge:

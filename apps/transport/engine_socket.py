@@ -3,8 +3,9 @@ long-polling and the upgrade made to behave as the reference server (engine.io 6
 
 What changes from python-engineio 4.15.1 (each listed in the package README):
 
-- **Send path.** :meth:`EngineSocket.send_nowait` writes a packet straight to the session's
-  WebSocket once it has one (no queue, no writer Task); a :class:`~apps.transport.framing.FramedStr`
+- **Send path.** :meth:`EngineSocket.send_nowait` hands a packet straight to the session's
+  WebSocket once it has one (no queue, no writer Task), which writes what it was given in a turn of
+  the event loop in one write at the end of the turn; a :class:`~apps.transport.framing.FramedStr`
   packet is written as the frame built once for every recipient. Until then (long-polling, an
   upgrade in progress) packets wait in python-engineio's queue for the next poll.
 - **The WebSocket hand-off.** Under :mod:`apps.transport.ws_protocol` the open WebSocket is taken
@@ -182,14 +183,11 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
         if ws is None:
             self.queue.put_nowait(pkt)
             return
-        closing = ws.closing
         encoded = pkt.encode_cache
         if isinstance(encoded, FramedStr):
             ws.send_framed(encoded, encoded.frame)
         else:
             ws.send_message(pkt.encode())
-        if ws.closing is not closing:  # only one write closes a connection: its unread bytes over the limit
-            stats.slow_clients_dropped += 1
 
     async def send(self, pkt: Any) -> None:
         self.send_nowait(pkt)
@@ -270,6 +268,10 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
             self.receive_nowait(pkt)
         except UnknownPacket as exc:
             self._drop(str(exc), 1008)
+
+    def ws_dropped(self) -> None:
+        """The handed-off connection was dropped: it left too much unread (``ws_closed`` follows)."""
+        stats.slow_clients_dropped += 1
 
     def ws_closed(self) -> None:
         """The handed-off connection is gone (closed by either side)."""

@@ -115,6 +115,8 @@ def rooms_of(room: Any) -> frozenset[str]:
         return frozenset()
     if isinstance(room, str):
         return frozenset((room,))
+    if type(room) is list and len(room) == 1 and isinstance(room[0], str):  # what the broadcaster sends
+        return frozenset(room)
     return frozenset(r for r in room if isinstance(r, str))
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from typing import Any, Protocol
 
 from uvicorn.protocols.utils import ClientDisconnected
@@ -53,11 +54,56 @@ class Receiver(Protocol):
 
     def ws_closed(self) -> None: ...
 
+    def ws_dropped(self) -> None:
+        """The connection was dropped for leaving more than ``max_buffer`` bytes unread."""
+
+
+class TurnWrites:
+    """The connections of one event loop with frames waiting for the end of this turn of the
+    loop. The first frame a connection is given in a turn puts it here (and the first connection
+    schedules :meth:`flush`, with ``call_soon``: it runs as soon as what is running now yields);
+    the flush writes each connection's frames in one ``write``. However many events a turn emits
+    (a burst from one task, a batch from Redis, what a recovery replays, the pong and the close
+    frame websockets queues), each connection costs one system call and, when it fits, one TCP
+    segment, and nothing waits longer than the turn that sent it."""
+
+    __slots__ = ("dirty", "loop", "writes")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.dirty: list[HandedOffWebSocket] = []
+        #: ``transport.write`` calls made (one per connection per turn it was sent something in).
+        self.writes = 0
+
+    def add(self, ws: HandedOffWebSocket) -> None:
+        if not self.dirty:
+            self.loop.call_soon(self.flush)
+        self.dirty.append(ws)
+
+    def flush(self) -> None:
+        dirty, self.dirty = self.dirty, []
+        for ws in dirty:
+            ws.write_out()
+        self.writes += len(dirty)
+
+
+_turn_writes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TurnWrites] = weakref.WeakKeyDictionary()
+
+
+def turn_writes(loop: asyncio.AbstractEventLoop | None = None) -> TurnWrites:
+    """The :class:`TurnWrites` of ``loop`` (the running loop by default)."""
+    loop = loop or asyncio.get_running_loop()
+    writes = _turn_writes.get(loop)
+    if writes is None:
+        writes = _turn_writes[loop] = TurnWrites(loop)
+    return writes
+
 
 class HandedOffWebSocket(asyncio.Protocol):
     """An open WebSocket (server side) delivering each complete message to its receiver as it is
-    parsed, with no task of its own. Writes go to the transport while it takes them; while the
-    transport's buffer is over its high-water mark they wait here, in order, and go out together
+    parsed, with no task of its own. What it is given to send in one turn of the event loop goes
+    to the transport in one write at the end of that turn (:class:`TurnWrites`); while the
+    transport's buffer is over its high-water mark frames wait here, in order, and go out together
     when it drains; a client with more than ``max_buffer`` bytes waiting is dropped."""
 
     __slots__ = (
@@ -68,11 +114,14 @@ class HandedOffWebSocket(asyncio.Protocol):
         "fragments",
         "fragments_text",
         "max_buffer",
+        "out",
+        "out_bytes",
         "paused",
         "pending",
         "pending_bytes",
         "receiver",
         "transport",
+        "turn",
     )
 
     def __init__(
@@ -84,6 +133,7 @@ class HandedOffWebSocket(asyncio.Protocol):
         max_buffer: int,
         *,
         paused: bool = False,
+        turn: TurnWrites | None = None,
     ):
         self.transport = transport
         self.conn = conn
@@ -97,6 +147,9 @@ class HandedOffWebSocket(asyncio.Protocol):
         self.paused = paused
         self.pending: list[bytes] | None = None  # what waits for the transport to drain
         self.pending_bytes = 0
+        self.out: list[bytes] | None = None  # what was sent this turn, for the turn's write
+        self.out_bytes = 0
+        self.turn = turn or turn_writes()
 
     # writing
 
@@ -124,15 +177,41 @@ class HandedOffWebSocket(asyncio.Protocol):
         self._flush()
 
     def _write(self, data: bytes) -> None:
-        if not self.paused:
-            self.transport.write(data)
+        if self.paused:  # the transport is buffering already: keep it here, counted
+            if self.out:
+                self.write_out()  # what came first this turn goes first
+            self._hold(data)
             return
+        out = self.out
+        if out is None:
+            self.out = [data]
+            self.out_bytes = len(data)
+            self.turn.add(self)
+            return
+        out.append(data)
+        self.out_bytes += len(data)
+        if self.out_bytes > self.max_buffer:  # more in one turn than the client may leave unread
+            self._drop_slow_client()
+
+    def _hold(self, data: bytes) -> None:
         if self.pending is None:
             self.pending = []
         self.pending.append(data)
         self.pending_bytes += len(data)
         if self.pending_bytes > self.max_buffer:
             self._drop_slow_client()
+
+    def write_out(self) -> None:
+        """Write what this turn sent, in one write (:class:`TurnWrites` calls it; so does anything
+        about to close the transport, which would discard it)."""
+        out, self.out = self.out, None
+        if not out or self.transport.is_closing():
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        if self.paused:  # it filled up since (a drained backlog, written first, was over the mark)
+            self._hold(data)
+        else:
+            self.transport.write(data)
 
     def _flush(self) -> None:
         data = self.conn.data_to_send()
@@ -149,16 +228,19 @@ class HandedOffWebSocket(asyncio.Protocol):
             self.transport.write(b"".join(pending))  # in one write (and one system call, if it fits)
 
     def _drop_slow_client(self) -> None:
-        """The client has not read what it was sent, by more than ``max_buffer`` bytes: drop the
-        connection (a close frame would wait behind all of it). socket.io-client reconnects."""
+        """The client has not read what it was sent, by more than ``max_buffer`` bytes (or one turn
+        of the event loop sent it more than that): drop the connection (a close frame would wait
+        behind all of it). socket.io-client reconnects."""
         logger.warning(
             "websocket client %s dropped: more than %d bytes sent to it are unread",
             _peer(self.transport),
             self.max_buffer,
         )
         self.closing = True
-        self.pending, self.pending_bytes = None, 0
+        self.pending, self.pending_bytes, self.out = None, 0, None
         self.transport.abort()
+        if self.receiver is not None:
+            self.receiver.ws_dropped()
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake; the connection is dropped when the peer answers, or after
@@ -195,6 +277,7 @@ class HandedOffWebSocket(asyncio.Protocol):
             # a protocol error or an oversized message (websockets has queued the close frame), or
             # the closing handshake is over
             self.closing = True
+            self.write_out()  # this turn's frames, the close frame last, before the transport closes
             self.transport.close()  # once what is buffered is written...
             self._abort_later()  # ...or not, if the peer does not read it
 
@@ -230,6 +313,7 @@ class HandedOffWebSocket(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        self.out = None
         self.connections.discard(self)
         if self.close_timer is not None:
             self.close_timer.cancel()

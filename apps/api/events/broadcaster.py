@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -33,7 +33,6 @@ from apps.api.websocket.models import (
     SERVER_ONLY,
     Event,
     EventType,
-    Payload,
     ProjectAccessRevokedData,
     WorkflowData,
 )
@@ -51,6 +50,11 @@ DEFAULT_SOURCES = {
     "ai": "ai_service",
 }
 
+
+#: Each publishable event type's default ``source``, looked up once.
+_DEFAULT_SOURCE = {
+    kind: DEFAULT_SOURCES[kind.value.split(".")[0]] for kind in PAYLOADS if kind.value.split(".")[0] in DEFAULT_SOURCES
+}
 
 #: The event types a caller may publish (the others are the server's own).
 PUBLISHABLE = frozenset(PAYLOADS) - SERVER_ONLY
@@ -161,7 +165,8 @@ class Broadcaster:
             metrics.publish_failed(event.type)
             raise
         metrics.published(event.type, time.perf_counter() - started)
-        logger.debug("sent %s %s to %s", event.type.value, event.id, rooms)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("sent %s %s to %s", event.type.value, event.id, rooms)
         return event
 
     async def broadcast(self, event_type: EventType, data: Mapping[str, Any], *, source: str | None = None) -> Event:
@@ -171,28 +176,34 @@ class Broadcaster:
             raise ValueError(f"{event_type.value} events are sent by the server only")
         return await self._validated_send(event_type, data, source)
 
-    async def _send(self, event_type: EventType, arguments: Mapping[str, Any]) -> Event:
-        """A typed method's call: its arguments (``locals()``), None meaning "not given"."""
-        fields = {k: v for k, v in arguments.items() if k not in ("self", "source") and v is not None}
-        return await self._validated_send(event_type, fields, arguments.get("source"))
+    def _send(self, event_type: EventType, arguments: Mapping[str, Any]) -> Coroutine[Any, Any, Event]:
+        """A typed method's call: its arguments (``locals()``), None meaning "not given". Returns
+        the send, for the typed method to await (one coroutine fewer per emit)."""
+        fields = {k: v for k, v in arguments.items() if v is not None and k != "self" and k != "source"}
+        return self._validated_send(event_type, fields, arguments.get("source"))
 
     async def _validated_send(self, event_type: EventType, fields: Mapping[str, Any], source: str | None) -> Event:
-        source = source or DEFAULT_SOURCES[event_type.value.split(".")[0]]
+        source = source or _DEFAULT_SOURCE[event_type]
         try:
             data = PAYLOADS[event_type].model_validate(fields)
             event = Event.of(event_type, source, data)
         except ValidationError as exc:
             raise EventValidationError(event_type, exc) from None
         self._transport()  # before the workflow directory is used: it may be Redis's
-        return await self.publish(event, await self._rooms(data))
-
-    async def _rooms(self, data: Payload) -> list[str]:
         rooms = rooms_for(data)
         if isinstance(data, WorkflowData):
-            if rooms:
-                await self._workflows.remember(data.workflow_id, rooms)
-            else:
-                rooms = await self._workflows.lookup(data.workflow_id)
+            rooms = await self._workflow_rooms(data, rooms)
+        elif not rooms:
+            rooms = list(FALLBACK_ROOMS)
+        return await self.publish(event, rooms)
+
+    async def _workflow_rooms(self, data: WorkflowData, rooms: list[str]) -> list[str]:
+        """A workflow event's rooms: its owner's, remembered for the workflow's later events that
+        name none; else those remembered; else admins'."""
+        if rooms:
+            await self._workflows.remember(data.workflow_id, rooms)
+        else:
+            rooms = await self._workflows.lookup(data.workflow_id)
         return rooms or list(FALLBACK_ROOMS)
 
     # --- project -------------------------------------------------------------------------

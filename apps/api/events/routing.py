@@ -6,6 +6,8 @@ recipients across the rooms of one emit).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
 from uuid import UUID
 
 from apps.api.websocket.models import (
@@ -30,17 +32,25 @@ def rooms_for(data: Payload) -> list[str]:
     An empty list means the payload names no owner (a workflow event without project or user);
     the broadcaster then looks up the workflow's recorded rooms, and falls back to admins.
     """
-    match data:
-        case ProjectUpdatedData() | ProjectDeletedData() | ProjectAccessRevokedData():
-            # the project's room only: a client that leaves it stops receiving its events
-            return [project_room(data.project_id)]
-        case AgentStatusChangedData() | AgentConnectedData() | AgentDisconnectedData():
-            return [agent_room(data.agent_id)]
-        case PrData() | IssueData():
-            return [project_room(data.project_id)]
-        case WorkflowData() | AiData():
-            return owner_rooms(data.project_id, data.user_id)
-    raise TypeError(f"no routing for {type(data).__name__}")
+    route = _ROUTES.get(type(data))
+    if route is None:
+        route = _ROUTES[type(data)] = _route(type(data))
+    return route(data)
+
+
+def _route(kind: type[Payload]) -> Callable[[Any], list[str]]:
+    """How payloads of class ``kind`` are routed (looked up once per class)."""
+    if issubclass(kind, ProjectUpdatedData | ProjectDeletedData | ProjectAccessRevokedData | PrData | IssueData):
+        # the project's room only: a client that leaves it stops receiving its events
+        return lambda data: [project_room(data.project_id)]
+    if issubclass(kind, AgentStatusChangedData | AgentConnectedData | AgentDisconnectedData):
+        return lambda data: [agent_room(data.agent_id)]
+    if issubclass(kind, WorkflowData | AiData):
+        return lambda data: owner_rooms(data.project_id, data.user_id)
+    raise TypeError(f"no routing for {kind.__name__}")
+
+
+_ROUTES: dict[type[Payload], Callable[[Any], list[str]]] = {}
 
 
 def owner_rooms(project_id: UUID | None, user_id: UUID | None) -> list[str]:

@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from uuid import UUID
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from apps.api.websocket.models import (
@@ -182,3 +184,73 @@ def test_event_ids_are_version_4_uuids_and_unique():
     for text in list(ids)[:50]:
         parsed = UUID(text)
         assert (parsed.version, parsed.variant, str(parsed)) == (4, "specified in RFC 4122", text)
+
+
+# The per-emit path (issue 12): Event.of builds the envelope without model_construct, wire_json
+# writes ids, sources and timestamps without json.dumps and isoformat when it can. What they
+# produce must be what the straightforward code produces, byte for byte.
+
+
+def reference_wire_json(event: Event) -> str:
+    """The envelope's JSON as the plain calls make it (wire_json before issue 12)."""
+    timestamp = event.timestamp.isoformat().replace("+00:00", "Z")
+    return (
+        f'{{"id":{json.dumps(event.id)},"type":"{event.type.value}","timestamp":"{timestamp}",'
+        f'"source":{json.dumps(event.source)},"data":{event.data.model_dump_json()}}}'
+    )
+
+
+texts = st.text(min_size=1, max_size=40)
+stamps = st.datetimes(
+    min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
+) | st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1), timezones=st.timezones())
+
+
+@settings(max_examples=300, deadline=None)
+@given(event_id=texts, source=texts, stamp=stamps, name=texts, task=st.none() | st.text(max_size=80))
+def test_wire_json_is_byte_for_byte_what_the_plain_calls_make(event_id, source, stamp, name, task):
+    data = AgentStatusChangedData(
+        agent_id=UUID(int=7), agent_name=name, status="busy", availability=12.5, current_task=task
+    )
+    event = Event(id=event_id, type=EventType.AGENT_STATUS_CHANGED, source=source, data=data, timestamp=stamp)
+    assert event.wire_json() == reference_wire_json(event)
+
+
+@settings(max_examples=200, deadline=None)
+@given(source=texts)
+def test_event_of_is_what_model_construct_makes(source):
+    data = AgentStatusChangedData(agent_id=UUID(int=7), agent_name="a", status="busy", availability=5)
+    try:
+        built = Event.of(EventType.AGENT_STATUS_CHANGED, source, data)
+    except ValidationError:
+        with pytest.raises(ValidationError):
+            Event.model_validate({"type": "agent.status_changed", "source": source, "data": data})
+        return
+    made = Event.model_construct(
+        id=built.id, type=built.type, timestamp=built.timestamp, source=built.source, data=data
+    )
+    assert built == made
+    assert built.model_fields_set == made.model_fields_set
+    assert (
+        built.__pydantic_extra__ == made.__pydantic_extra__ and built.__pydantic_private__ == made.__pydantic_private__
+    )
+    assert built.wire() == made.wire() and built.wire_json() == made.wire_json() == reference_wire_json(made)
+    assert built.model_copy(update={"source": "x"}).source == "x"
+
+
+def test_the_pydantic_internals_event_of_sets_are_all_an_instance_has():
+    """Event.of sets a model's four slots itself: a pydantic that adds one fails here (then
+    Event.of must set it too, or go back to model_construct)."""
+    from pydantic import BaseModel
+
+    assert BaseModel.__slots__ == ("__dict__", "__pydantic_fields_set__", "__pydantic_extra__", "__pydantic_private__")
+    assert "__new__" not in vars(BaseModel)
+
+
+def test_a_source_is_still_validated_once_known():
+    data = AgentStatusChangedData(agent_id=UUID(int=7), agent_name="a", status="busy", availability=5)
+    for _ in range(2):
+        with pytest.raises(ValidationError):
+            Event.of(EventType.AGENT_STATUS_CHANGED, "", data)
+        with pytest.raises(ValidationError):
+            Event.of(EventType.AGENT_STATUS_CHANGED, "x" * 600, data)

@@ -373,9 +373,23 @@ class Event(BaseModel):
 
     @classmethod
     def of(cls, type: EventType, source: str, data: Payload) -> Event:
-        """A new event around an already validated payload (no second validation pass)."""
-        source = _SOURCE.validate_python(source)
-        return cls.model_construct(id=new_event_id(), type=type, timestamp=utc_now(), source=source, data=data)
+        """A new event around an already validated payload (no second validation pass): what
+        ``model_construct`` makes, without its walk over the fields' defaults (the broadcaster's
+        path builds one per emit; ``test_models`` checks the two agree)."""
+        if source not in _VALID_SOURCES:
+            source = _SOURCE.validate_python(source)
+            if len(_VALID_SOURCES) < _MAX_VALID_SOURCES:
+                _VALID_SOURCES.add(source)
+        event = _new_event(cls)
+        _set(
+            event,
+            "__dict__",
+            {"id": new_event_id(), "type": type, "timestamp": utc_now(), "source": source, "data": data},
+        )
+        _set(event, "__pydantic_fields_set__", set(_EVENT_FIELDS))
+        _set(event, "__pydantic_extra__", None)
+        _set(event, "__pydantic_private__", None)
+        return event
 
     def wire(self) -> dict[str, Any]:
         """The JSON-ready dict sent to clients (UUIDs and datetimes already strings)."""
@@ -384,12 +398,45 @@ class Event(BaseModel):
     def wire_json(self) -> str:
         """:meth:`wire` as JSON text. The payload is serialised by its own (concrete) model, which
         pydantic does several times faster than through the envelope's ``Payload`` field."""
-        timestamp = self.timestamp.isoformat().replace("+00:00", "Z")
+        data = self.data
         return (
-            f'{{"id":{json.dumps(self.id)},"type":"{_TYPE_TEXT[self.type]}","timestamp":"{timestamp}",'
-            f'"source":{json.dumps(self.source)},"data":{self.data.model_dump_json()}}}'
+            f'{{"id":{json_string(self.id)},"type":"{TYPE_TEXT[self.type]}","timestamp":"{timestamp_text(self.timestamp)}",'
+            f'"source":{json_string(self.source)},"data":{data.__pydantic_serializer__.to_json(data).decode()}}}'
         )
 
 
+def timestamp_text(value: datetime) -> str:
+    """``value.isoformat()`` with ``Z`` for ``+00:00`` (an aware UTC datetime, as every event's
+    timestamp is): its text up to the second is worked out once per second."""
+    if value.tzinfo is not UTC:
+        return value.isoformat().replace("+00:00", "Z")
+    global _last_second
+    second = (value.year, value.month, value.day, value.hour, value.minute, value.second)
+    cached = _last_second
+    if second != cached[0]:
+        # one tuple, replaced whole: a thread reading it meanwhile sees the old pair or the new
+        cached = _last_second = (second, value.replace(microsecond=0, tzinfo=None).isoformat())
+    micro = value.microsecond
+    return f"{cached[1]}.{micro:06d}Z" if micro else f"{cached[1]}Z"
+
+
+_last_second: tuple[tuple[int, ...] | None, str] = (None, "")
+
+
+def json_string(text: str) -> str:
+    """``json.dumps(text)``, without the call for text that needs no escaping (printable ASCII
+    with no quote or backslash: event ids, sources): the same characters either way."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    return json.dumps(text)
+
+
 #: Each event type's name, read once (an enum's ``.value`` is a descriptor call).
-_TYPE_TEXT = {kind: kind.value for kind in EventType}
+TYPE_TEXT = {kind: kind.value for kind in EventType}
+
+_EVENT_FIELDS = frozenset(Event.model_fields)
+_new_event = BaseModel.__new__
+_set = object.__setattr__
+#: Sources already validated (the defaults, and what callers name), so each is checked once.
+_VALID_SOURCES: set[str] = set()
+_MAX_VALID_SOURCES = 1024

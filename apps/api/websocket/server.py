@@ -29,7 +29,7 @@ from apps.api.cluster_stats import InstanceStats
 from apps.api.config import Settings
 from apps.api.events.emitter import DeliveryError
 from apps.api.websocket.connections import Connections
-from apps.api.websocket.models import Event
+from apps.api.websocket.models import TYPE_TEXT, Event
 from apps.api.websocket.protocol import INSTANCE_ID, NAMESPACE, SOCKETIO_PATH
 from apps.transport import (
     LocalManager,
@@ -180,7 +180,7 @@ class SocketIOEmitter:
             return
         try:
             # the envelope is serialised once, as JSON, and framed once for every recipient
-            await self._emit_json(event.type.value, event.wire_json(), NAMESPACE, rooms, key=str(event.id))
+            await self._emit_json(TYPE_TEXT[event.type], event.wire_json(), NAMESPACE, rooms, key=event.id)
         except PublishError as exc:
             raise DeliveryError(str(exc)) from None
 
