@@ -141,7 +141,10 @@ class _Metrics:
         """``metric.labels(_label(value))``, looked up once per value given (the values are the
         code's constants; past :data:`MAX_CHILDREN` given values, the label is worked out again)."""
         key = (id(metric), value)
-        found = self._children.get(key)
+        try:
+            found = self._children.get(key)
+        except TypeError:  # an unhashable value: never one of the code's constants
+            return metric.labels(_label(value))
         if found is None:
             found = metric.labels(_label(value))
             if len(self._children) < MAX_CHILDREN:

@@ -67,13 +67,11 @@ class TurnWrites:
     frame websockets queues), each connection costs one system call and, when it fits, one TCP
     segment, and nothing waits longer than the turn that sent it."""
 
-    __slots__ = ("dirty", "loop", "writes")
+    __slots__ = ("dirty", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.dirty: list[HandedOffWebSocket] = []
-        #: ``transport.write`` calls made (one per connection per turn it was sent something in).
-        self.writes = 0
 
     def add(self, ws: HandedOffWebSocket) -> None:
         if not self.dirty:
@@ -84,15 +82,14 @@ class TurnWrites:
         dirty, self.dirty = self.dirty, []
         for ws in dirty:
             ws.write_out()
-        self.writes += len(dirty)
 
 
 _turn_writes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TurnWrites] = weakref.WeakKeyDictionary()
 
 
-def turn_writes(loop: asyncio.AbstractEventLoop | None = None) -> TurnWrites:
-    """The :class:`TurnWrites` of ``loop`` (the running loop by default)."""
-    loop = loop or asyncio.get_running_loop()
+def turn_writes() -> TurnWrites:
+    """The :class:`TurnWrites` of the running loop."""
+    loop = asyncio.get_running_loop()
     writes = _turn_writes.get(loop)
     if writes is None:
         writes = _turn_writes[loop] = TurnWrites(loop)
@@ -133,7 +130,6 @@ class HandedOffWebSocket(asyncio.Protocol):
         max_buffer: int,
         *,
         paused: bool = False,
-        turn: TurnWrites | None = None,
     ):
         self.transport = transport
         self.conn = conn
@@ -149,7 +145,7 @@ class HandedOffWebSocket(asyncio.Protocol):
         self.pending_bytes = 0
         self.out: list[bytes] | None = None  # what was sent this turn, for the turn's write
         self.out_bytes = 0
-        self.turn = turn or turn_writes()
+        self.turn = turn_writes()
 
     # writing
 

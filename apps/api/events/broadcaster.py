@@ -53,7 +53,7 @@ DEFAULT_SOURCES = {
 
 #: Each publishable event type's default ``source``, looked up once.
 _DEFAULT_SOURCE = {
-    kind: DEFAULT_SOURCES[kind.value.split(".")[0]] for kind in PAYLOADS if kind.value.split(".")[0] in DEFAULT_SOURCES
+    kind: DEFAULT_SOURCES[family] for kind in PAYLOADS if (family := kind.value.split(".")[0]) in DEFAULT_SOURCES
 }
 
 #: The event types a caller may publish (the others are the server's own).
@@ -193,18 +193,15 @@ class Broadcaster:
         rooms = rooms_for(data)
         if isinstance(data, WorkflowData):
             rooms = await self._workflow_rooms(data, rooms)
-        elif not rooms:
-            rooms = list(FALLBACK_ROOMS)
-        return await self.publish(event, rooms)
+        return await self.publish(event, rooms or list(FALLBACK_ROOMS))
 
     async def _workflow_rooms(self, data: WorkflowData, rooms: list[str]) -> list[str]:
         """A workflow event's rooms: its owner's, remembered for the workflow's later events that
-        name none; else those remembered; else admins'."""
+        name none; else those remembered (empty: none known)."""
         if rooms:
             await self._workflows.remember(data.workflow_id, rooms)
-        else:
-            rooms = await self._workflows.lookup(data.workflow_id)
-        return rooms or list(FALLBACK_ROOMS)
+            return rooms
+        return await self._workflows.lookup(data.workflow_id)
 
     # --- project -------------------------------------------------------------------------
 
