@@ -50,6 +50,12 @@ class BenchError(RuntimeError):
 @dataclass(frozen=True)
 class Profile:
     idle_levels: tuple[int, ...] = (1000, 5000, 10000)
+    #: idle CPU at the last idle level is measured over this long: one heartbeat interval of both
+    #: servers (25 s), so that every connection's PING and PONG falls in the window once
+    heartbeat_window_s: float = 25.0
+    #: the connect storm: this many clients connect at once to a fresh server, within the budget
+    storm_clients: int = 10000
+    storm_budget_s: float = 60.0
     rooms_clients: int = 10000
     rooms_seconds: float = 3.0
     fanout_sizes: tuple[int, ...] = (5000, 1000)
@@ -79,6 +85,9 @@ class Profile:
 
 QUICK = Profile(
     idle_levels=(10, 20),
+    heartbeat_window_s=0.5,
+    storm_clients=20,
+    storm_budget_s=20.0,
     rooms_clients=20,
     rooms_seconds=1.0,
     fanout_sizes=(20,),

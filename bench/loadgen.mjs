@@ -13,7 +13,8 @@
 //   connect    {urls, count, rooms, secret, user?, rate, max_pending, timeout_s}
 //              opens `count` more clients (indices continue from the last), client i on
 //              urls[i % urls.length], each subscribing to `rooms` ("{agent}" is replaced by the
-//              agent id of i); at most `rate` new connections a second and `max_pending` in flight
+//              agent id of i); at most `rate` new connections a second and `max_pending` in flight;
+//              answers how long each took (`connect_ms`: from opening to `connect`, timeouts apart)
 //   subscribe  {from, to, room, batch, deadline_s}  clients with index in [from, to) join `room`
 //              ("{agent}": the agent id of each), in index order, `batch` at a time, until
 //              deadline_s; answers `upto`: exactly the clients in [from, upto) were asked
@@ -95,8 +96,9 @@ function runWorker() {
   const onAgent = (event) => record(event && event.data && event.data.current_task);
   const onProject = (event) => record(event && event.data && event.data.project_name);
 
-  function open(spec, secret, user) {
+  function open(spec, secret, user, connectHist) {
     return new Promise((resolve) => {
+      const opened = monoNow();
       const socket = io(spec.url, {
         auth: { token: signToken(secret, user || randomUUID()) },
         transports: ["websocket"],
@@ -115,6 +117,7 @@ function runWorker() {
         resolve(result);
       };
       socket.on("connect", async () => {
+        connectHist.record(monoNow() - opened);
         if (extensions === null) {
           const ws = socket.io.engine && socket.io.engine.transport && socket.io.engine.transport.ws;
           extensions = (ws && ws.extensions) || "";
@@ -149,6 +152,7 @@ function runWorker() {
       let ok = 0;
       let failed = 0;
       const errors = {};
+      const connectHist = new Histogram();
       let budget = 1;
       const tickMs = 5;
       const perTick = (rate * tickMs) / 1000;
@@ -159,7 +163,7 @@ function runWorker() {
           errors["deadline"] = (errors["deadline"] || 0) + specs.length - next + pending;
           next = specs.length;
           clearInterval(timer);
-          resolve({ ok, failed, errors });
+          resolve({ ok, failed, errors, connect_ms: connectHist.toJSON() });
           return;
         }
         budget = Math.min(budget + perTick, Math.max(2, perTick * 2));
@@ -167,7 +171,7 @@ function runWorker() {
           budget -= 1;
           pending += 1;
           const spec = specs[next++];
-          open(spec, secret, user).then((result) => {
+          open(spec, secret, user, connectHist).then((result) => {
             pending -= 1;
             if (monoNow() > deadline) {
               if (result.ok) {
@@ -184,13 +188,13 @@ function runWorker() {
             }
             if (done()) {
               clearInterval(timer);
-              resolve({ ok, failed, errors });
+              resolve({ ok, failed, errors, connect_ms: connectHist.toJSON() });
             }
           });
         }
         if (specs.length === 0) {
           clearInterval(timer);
-          resolve({ ok, failed, errors });
+          resolve({ ok, failed, errors, connect_ms: connectHist.toJSON() });
         }
       }, tickMs);
     });
@@ -358,7 +362,10 @@ async function runParent() {
     const errors = {};
     for (const reply of replies) for (const [key, n] of Object.entries(reply.errors || {})) errors[key] = (errors[key] || 0) + n;
     const ok = replies.reduce((s, r) => s + r.ok, 0);
+    const connectHist = new Histogram();
+    for (const reply of replies) if (reply.connect_ms) connectHist.merge(reply.connect_ms);
     return {
+      connect_ms: connectHist.summary(),
       connected: ok,
       failed: replies.reduce((s, r) => s + r.failed, 0),
       errors,

@@ -48,7 +48,10 @@ def combine(per_server: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "max_rate_kept_up",
             "max_rate_sustained",
             "connect_per_s",
+            "connect_cpu_us",
             "idle_cpu_pct",
+            "idle_cpu_us_per_conn_s",
+            "seconds",
         ):
             r = ratio(dig(py, (key,)), dig(node, (key,)))
             if r is not None:
@@ -152,7 +155,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
     ]
 
-    delivery = [k for k, v in cases.items() if v["scenario"] not in ("idle", "rate")]
+    delivery = [k for k, v in cases.items() if v["scenario"] not in ("idle", "rate", "storm")]
     if delivery:
         lines += [
             "## Summary",
@@ -206,8 +209,9 @@ def markdown(results: dict[str, Any]) -> str:
             "garbage collection, minus the RSS before any connection, divided by the connections.",
             "",
             "| connections | python KB/conn | node KB/conn | x | python RSS MB | node RSS MB "
-            "| python connects/s | node connects/s | python idle CPU % | node idle CPU % |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| python connects/s | node connects/s | python CPU/connect (us) | node | x "
+            "| idle window (s) | python idle CPU (us/conn/s) | node | x |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for entry in idle.values():
             py, node = entry["python"] or {}, entry["node"] or {}
@@ -216,8 +220,49 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {conns} | {fmt(py.get('kb_per_connection'))} | {fmt(node.get('kb_per_connection'))} "
                 f"| {ratio_cell(py, node, ('kb_per_connection',))} | {fmt(py.get('rss_mb'))} "
                 f"| {fmt(node.get('rss_mb'))} | {fmt(py.get('connect_per_s'))} | {fmt(node.get('connect_per_s'))} "
-                f"| {fmt(py.get('idle_cpu_pct'))} | {fmt(node.get('idle_cpu_pct'))} |"
+                f"| {fmt(py.get('connect_cpu_us'))} | {fmt(node.get('connect_cpu_us'))} "
+                f"| {ratio_cell(py, node, ('connect_cpu_us',))} "
+                f"| {fmt(py.get('idle_window_s'))} / {fmt(node.get('idle_window_s'))} "
+                f"| {fmt(py.get('idle_cpu_us_per_conn_s'))} | {fmt(node.get('idle_cpu_us_per_conn_s'))} "
+                f"| {ratio_cell(py, node, ('idle_cpu_us_per_conn_s',))} |"
             )
+        lines += [
+            "",
+            "CPU/connect: the server's CPU while the level's new clients connected (paced by the load generator), "
+            "per connection. Idle CPU: over the window, per connection and second; the last level's window is one "
+            "heartbeat interval (25 s on both servers), so each connection's PING and PONG is in it once.",
+            "",
+        ]
+
+    storm = {k: v for k, v in cases.items() if v["scenario"] == "storm"}
+    if storm:
+        lines += [
+            "## Connect storm: every client at once to a fresh server",
+            "",
+            "As after a restart or a deploy: all clients connect together (no pacing), each with "
+            "socket.io-client's 20 s connect timeout, to a server that has just started.",
+            "",
+            "| case | figure | python | node | x |",
+            "|---|---|---|---|---|",
+        ]
+        rows = [
+            ("connected", ("connected",)),
+            ("client timeouts", ("timeouts",)),
+            ("seconds until the last is connected", ("seconds",)),
+            ("time to connect p50 (ms)", ("connect_ms", "p50")),
+            ("time to connect p99 (ms)", ("connect_ms", "p99")),
+            ("time to connect max (ms)", ("connect_ms", "max")),
+            ("server CPU per connect (us)", ("connect_cpu_us",)),
+            ("server CPU (s)", ("cpu_s",)),
+            ("load generator busy (share of its core)", ("loadgen_busy",)),
+        ]
+        for name, entry in storm.items():
+            py, node = entry["python"], entry["node"]
+            for i, (label, path) in enumerate(rows):
+                lines.append(
+                    f"| {name if i == 0 else ''} | {label} | {cell(py, path)} | {cell(node, path)} "
+                    f"| {ratio_cell(py, node, path)} |"
+                )
         lines.append("")
 
     sections = {
@@ -363,7 +408,7 @@ README_END = "<!-- results:end -->"
 def readme_excerpt(table: str) -> str:
     """The run's preamble, summary, idle and rate tables from results.md, headings one level down."""
     preamble, *sections = table.split("\n## ")
-    keep = [s for s in sections if s.startswith(("Summary", "Idle connections", "Steady rate"))]
+    keep = [s for s in sections if s.startswith(("Summary", "Idle connections", "Connect storm", "Steady rate"))]
     body = "\n".join(preamble.splitlines()[1:]).strip()  # without the H1 title
     parts = [body, *("### " + section.strip() for section in keep)]
     parts.append(
@@ -397,7 +442,7 @@ def chart(results: dict[str, Any], path: Path) -> str | None:
     except ImportError:
         return "matplotlib is not installed (pip install -r bench/requirements.txt): no chart"
     cases = results["cases"]
-    delivery = [k for k, v in cases.items() if v["scenario"] not in ("idle", "rate")]
+    delivery = [k for k, v in cases.items() if v["scenario"] not in ("idle", "rate", "storm")]
     idle = [k for k, v in cases.items() if v["scenario"] == "idle"]
     sweep = [k for k, v in cases.items() if v["scenario"] == "rate" and k.endswith("-max")]
 

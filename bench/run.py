@@ -2,7 +2,7 @@
 """The benchmark: the service (python-socketio on uvicorn) against the reference Node socket.io 4.8
 server, doing the same work, with the same load generator, in one run.
 
-    .venv/bin/python bench/run.py                  # everything (about 6-8 minutes on 2 cores)
+    .venv/bin/python bench/run.py                  # everything (about 8-9 minutes on 2 cores)
     .venv/bin/python bench/run.py --quick          # tiny counts, for the smoke test (< 60 s)
     .venv/bin/python bench/run.py --only fanout,rate --servers python
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     parser.add_argument("--no-chart", action="store_true")
-    parser.add_argument("--max-minutes", type=float, default=9.5, help="skip what is left after this long")
+    parser.add_argument("--max-minutes", type=float, default=12, help="skip what is left after this long")
     parser.add_argument("--py-ws", help="uvicorn's ws for the Python server (default: the service's choice)")
     parser.add_argument("--py-loop", help="uvicorn's loop for the Python server (default: the service's choice)")
     parser.add_argument("--py-ws-per-message-deflate", choices=["true", "false"], help="default: the service's choice")

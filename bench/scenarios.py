@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from bench.harness import (
+    SECRET,
     BenchError,
     LoadGen,
     Profile,
@@ -29,7 +30,7 @@ from bench.harness import (
     wait_ready_endpoint,
 )
 
-SCENARIOS = ("idle", "rooms", "fanout", "burst", "rate", "single", "http", "redis")
+SCENARIOS = ("idle", "storm", "rooms", "fanout", "burst", "rate", "single", "http", "redis")
 #: The agent id index of the fan-out room (bench/common.mjs: agentId).
 FANOUT_AGENT = 999_999
 
@@ -53,6 +54,11 @@ def warm_up(lg: LoadGen, trigger: Callable[[], dict[str, Any]], expected: int) -
     lg.cmd("wait", timeout=60, expected=expected, quiet_s=1.0, deadline_s=20)
 
 
+#: The load generator's error for a client whose CONNECT was not answered in time (socket.io-client's
+#: ``timeout``, 20 s).
+CONNECT_TIMEOUT = "connect_error: timeout"
+
+
 def emit_warm_up(lg: LoadGen, server: Server, clients: int, *, agent_base: int, rooms: int = 1) -> None:
     """One event to each of ``rooms`` rooms (``clients`` clients in all), 1 s at most, unmeasured."""
     spec = {"count": rooms, "rate": max(rooms, 20), "agent_base": agent_base, "rooms": rooms, "max_seconds": 10}
@@ -65,7 +71,7 @@ def ensure_clients(lg: LoadGen, server: Server, n: int, prof: Profile, rooms: li
     connected: fewer than ``n`` when the server could not take them in time (the caller measures
     with those, and says so)."""
     reply = lg.connect([server.ws_url], max(0, n - lg.next_index), rooms, prof)
-    capacity = ("deadline", "connect_error: timeout", "subscribe: no ack in 20 s")
+    capacity = ("deadline", CONNECT_TIMEOUT, "subscribe: no ack in 20 s")
     failed = {k: v for k, v in reply["errors"].items() if k not in capacity}
     if failed:
         raise BenchError(f"{sum(failed.values())} of {n} connections failed: {failed}")
@@ -104,14 +110,19 @@ def part_idle_rooms(sess: Session, lg: LoadGen, server: Server, scenarios: set[s
     levels = prof.idle_levels if "idle" in scenarios else (prof.rooms_clients,)
     live = 0
     for level in levels:
+        before, cpu0 = lg.next_index, server.cpu()
         reply = ensure_clients(lg, server, level, prof, [])
+        connect_cpu = server.cpu() - cpu0
         live = reply["clients"]
         time.sleep(prof.settle_s)
         server.post("/bench/gc", {})
         time.sleep(prof.settle_s / 2)
+        # The last level over a whole heartbeat interval: each connection's PING/PONG once.
+        window = prof.heartbeat_window_s if level == levels[-1] else prof.settle_s
         cpu0, t0 = server.cpu(), time.monotonic()
-        time.sleep(prof.settle_s)
-        idle_cpu = (server.cpu() - cpu0) / (time.monotonic() - t0)
+        time.sleep(window)
+        elapsed = time.monotonic() - t0
+        idle_cpu = (server.cpu() - cpu0) / elapsed
         rss = server.rss()
         if "idle" in scenarios:
             sess.record(
@@ -124,7 +135,11 @@ def part_idle_rooms(sess: Session, lg: LoadGen, server: Server, scenarios: set[s
                     "kb_per_connection": round((rss - base_rss) * 1024 / live, 2) if live else None,
                     "connect_per_s": round(reply["per_second"]),
                     "connect_s": round(reply["seconds"], 2),
-                    "idle_cpu_pct": round(idle_cpu * 100, 1),
+                    "connect_cpu_us": round(connect_cpu * 1e6 / (live - before)) if live > before else None,
+                    "connect_ms": reply.get("connect_ms"),
+                    "idle_cpu_pct": round(idle_cpu * 100, 2),
+                    "idle_window_s": round(elapsed, 1),
+                    "idle_cpu_us_per_conn_s": round(idle_cpu * 1e6 / live, 2) if live else None,
                     "ws_extensions": reply.get("extensions"),
                 },
             )
@@ -166,6 +181,48 @@ def part_idle_rooms(sess: Session, lg: LoadGen, server: Server, scenarios: set[s
     )
     figures.update(connections=live, rooms=k, subscribe_per_s=round(sub["per_second"]))
     sess.record(f"rooms-{n}", figures)
+
+
+def part_storm(sess: Session, lg: LoadGen, server: Server) -> None:
+    """``storm_clients`` clients connect at once to a fresh server, as they do after a restart or a
+    deploy: no pacing, every handshake in flight together, each with socket.io-client's 20 s
+    connect timeout. Measured: how long until the last is connected, how many timed out, the time
+    each took, and the server's CPU per connection."""
+    prof = sess.prof
+    n = prof.storm_clients
+    server.post("/bench/gc", {})
+    time.sleep(prof.settle_s)
+    cpu0, lg_cpu0 = server.cpu(), lg.cpu()
+    reply = lg.cmd(
+        "connect",
+        timeout=prof.storm_budget_s + 10,
+        urls=[server.ws_url],
+        count=n,
+        rooms=[],
+        secret=SECRET,
+        rate=1_000_000,
+        max_pending=n,
+        timeout_s=prof.storm_budget_s,
+    )
+    lg.next_index = reply["next_index"]
+    cpu, lg_cpu = server.cpu() - cpu0, lg.cpu() - lg_cpu0
+    connected = reply["connected"]
+    seconds = reply["seconds"]
+    sess.record(
+        f"storm-{n}",
+        {
+            "clients": n,
+            "connected": connected,
+            "timeouts": reply["errors"].get(CONNECT_TIMEOUT, 0),
+            "errors": reply["errors"],
+            "seconds": round(seconds, 2),
+            "connect_ms": reply.get("connect_ms"),
+            "connect_per_s": round(reply["per_second"]),
+            "cpu_s": round(cpu, 2),
+            "connect_cpu_us": round(cpu * 1e6 / connected) if connected else None,
+            "loadgen_busy": round(lg_cpu / seconds, 2) if seconds else None,
+        },
+    )
 
 
 def fanout_room_ready(lg: LoadGen, server: Server, n: int, prof: Profile) -> int:
@@ -363,6 +420,9 @@ def main_session(sess: Session, scenarios: set[str]) -> None:
         if scenarios & {"idle", "rooms"}:
             with fresh_server(sess, lg) as server:
                 part_idle_rooms(sess, lg, server, scenarios)
+        if "storm" in scenarios:
+            with fresh_server(sess, lg) as server:
+                part_storm(sess, lg, server)
         sizes = sorted(prof.fanout_sizes if "fanout" in scenarios else (), reverse=True)
         for size in sizes:
             with fresh_server(sess, lg) as server:

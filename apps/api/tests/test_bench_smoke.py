@@ -24,18 +24,20 @@ from apps.api.tests.support import REPO_ROOT
 
 BENCH = REPO_ROOT / "bench"
 NODE_PACKAGES = ("socket.io", "socket.io-client", "@socket.io/redis-adapter", "redis")
-TIMEOUT = 55.0
+TIMEOUT = 90.0
 
 #: The cases ``--quick`` produces (its counts are in bench/harness.py: QUICK).
 DELIVERY_CASES = (
     "rooms-20",
     "fanout-20",
+    "burst-20x20",
     "rate-20x20",
     "single-connection",
     "http-put-5",
     "redis-fanout-20",
 )
 IDLE_CASES = ("idle-10", "idle-20")
+STORM_CASE = "storm-20"
 
 
 def _prerequisites() -> None:
@@ -88,7 +90,7 @@ async def test_quick_benchmark_delivers_every_event_on_both_servers(tmp_path: Pa
         assert meta["versions"].get(package), package
 
     cases = results["cases"]
-    assert set(DELIVERY_CASES) | set(IDLE_CASES) | {"rate-20-max"} <= set(cases), sorted(cases)
+    assert set(DELIVERY_CASES) | set(IDLE_CASES) | {"rate-20-max", STORM_CASE} <= set(cases), sorted(cases)
     for name in DELIVERY_CASES:
         for kind in ("python", "node"):
             figures = cases[name][kind]
@@ -107,10 +109,27 @@ async def test_quick_benchmark_delivers_every_event_on_both_servers(tmp_path: Pa
         for kind in ("python", "node"):
             figures = cases[name][kind]
             assert figures["connections"] == figures["target"], f"{name} on {kind}: {figures}"
-            assert isinstance(figures["kb_per_connection"], int | float), f"{name} on {kind}"
+            for key in ("kb_per_connection", "connect_cpu_us", "idle_cpu_us_per_conn_s"):
+                assert isinstance(figures[key], int | float), f"{name} on {kind}: {key}"
+            assert figures["connect_ms"]["n"] == figures["connections"] - (10 if name == "idle-20" else 0), figures
+    for kind in ("python", "node"):
+        storm = cases[STORM_CASE][kind]
+        assert storm["connected"] == storm["clients"] == 20, f"{STORM_CASE} on {kind}: {storm}"
+        assert storm["timeouts"] == 0 and storm["errors"] == {}, f"{STORM_CASE} on {kind}: {storm}"
+        assert storm["connect_ms"]["n"] == 20, storm
+        assert isinstance(storm["connect_cpu_us"], int | float), storm
     assert cases["rooms-20"]["python"]["rooms"] == cases["rooms-20"]["node"]["rooms"] == 20
     assert "redis_cpu_s" in cases["redis-fanout-20"]["python"]
 
     table = (tmp_path / "results.md").read_text()
-    for heading in ("Idle connections", "Fan-out", "Steady rate", "One connection", "HTTP PUT", "through Redis"):
+    for heading in (
+        "Idle connections",
+        "Connect storm",
+        "Bursts",
+        "Fan-out",
+        "Steady rate",
+        "One connection",
+        "HTTP PUT",
+        "through Redis",
+    ):
         assert heading in table, heading
