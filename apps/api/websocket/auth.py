@@ -6,6 +6,7 @@ never part of an error or a log line.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from urllib.parse import parse_qs
 from uuid import UUID
 
 import jwt
+from jwt.algorithms import HMACAlgorithm
 
 from apps.api.websocket.keys import ALGORITHMS, KeySet, VerificationKey, hmac_key
 
@@ -89,6 +91,39 @@ class Principal:
         return self.admin_role in self.roles
 
 
+class _PreparedOnceHMAC(HMACAlgorithm):
+    """PyJWT's HMAC, checking each secret once. PyJWT checks on every decode that an HMAC secret is
+    not a PEM, SSH or DER public key (it tries to load it as DER, twice): about half of a token's
+    verification. The answer depends on the secret's bytes alone, so it is kept, for a few secrets."""
+
+    def __init__(self, hash_alg: Any) -> None:
+        super().__init__(hash_alg)
+        self._prepared = functools.lru_cache(maxsize=8)(super().prepare_key)
+
+    def prepare_key(self, key: str | bytes) -> bytes:
+        prepared: bytes = self._prepared(key)
+        return prepared
+
+
+def _decoder() -> jwt.PyJWT:
+    """A PyJWT of the verifier's own (the process-wide ``jwt.decode`` is left as it is), with
+    :class:`_PreparedOnceHMAC` for HS256, HS384 and HS512. PyJWT keeps its JWS decoder in ``_jws``
+    (a private attribute: ``test_auth`` fails if that changes)."""
+    decoder = jwt.PyJWT()
+    jws = decoder._jws
+    for name, hash_alg in (
+        ("HS256", HMACAlgorithm.SHA256),
+        ("HS384", HMACAlgorithm.SHA384),
+        ("HS512", HMACAlgorithm.SHA512),
+    ):
+        jws.unregister_algorithm(name)
+        jws.register_algorithm(name, _PreparedOnceHMAC(hash_alg))
+    return decoder
+
+
+_DECODER = _decoder()
+
+
 class TokenVerifier:
     """Validates JWTs: the signature with a key of :attr:`keys` chosen by the token's ``kid`` and
     bound to its algorithm (see :mod:`apps.api.websocket.keys`), then the claims, by type.
@@ -125,6 +160,11 @@ class TokenVerifier:
             raise AuthError(AuthReason.MISSING)
         if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
             raise AuthError(AuthReason.MALFORMED)
+        keys = self.keys
+        if len(keys) == 1:
+            claims = self._with_the_only_key(token, keys)
+            if claims is not None:
+                return self._principal(claims)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -134,14 +174,14 @@ class TokenVerifier:
             raise AuthError(AuthReason.BAD_ALGORITHM)
         if kid is not None and not isinstance(kid, str):
             raise AuthError(AuthReason.MALFORMED, "kid")
-        candidates = self.keys.candidates(kid, algorithm)
+        candidates = keys.candidates(kid, algorithm)
         if candidates is None:
             raise UnknownKey(kid or "")
         if not candidates:
             raise AuthError(AuthReason.BAD_ALGORITHM)
         for key in candidates:
             try:
-                claims = self._decode(token, key)
+                claims = self._decode(token, key)["payload"]
                 break
             except jwt.InvalidSignatureError:
                 continue
@@ -149,10 +189,29 @@ class TokenVerifier:
             raise AuthError(AuthReason.BAD_SIGNATURE)
         return self._principal(claims)
 
+    def _with_the_only_key(self, token: str, keys: KeySet) -> dict[str, Any] | None:
+        """The claims of a token that the one key of ``keys`` verifies and that the checks below
+        would give that key (its header's ``kid`` and ``alg``), parsing the token once; None for
+        any other token, which the checks below then refuse with their reason."""
+        (key,) = keys
+        try:
+            decoded = self._decode(token, key)
+        except (AuthError, jwt.InvalidSignatureError):
+            return None
+        header = decoded["header"]
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            return None
+        if not any(candidate is key for candidate in keys.candidates(kid, header.get("alg")) or ()):
+            return None
+        claims: dict[str, Any] = decoded["payload"]
+        return claims
+
     def _decode(self, token: str, key: VerificationKey) -> dict[str, Any]:
+        """PyJWT's decode of ``token`` with ``key``: ``{"header", "payload", "signature"}``."""
         required = ["exp", "sub"] + (["iss"] if self._issuer else []) + (["aud"] if self._audience else [])
         try:
-            claims: dict[str, Any] = jwt.decode(
+            decoded: dict[str, Any] = _DECODER.decode_complete(
                 token,
                 key.key,
                 algorithms=[key.algorithm],
@@ -181,7 +240,7 @@ class TokenVerifier:
             raise AuthError(AuthReason.INVALID_SUBJECT) from None
         except jwt.InvalidTokenError:
             raise AuthError(AuthReason.MALFORMED) from None
-        return claims
+        return decoded
 
     def _principal(self, claims: Mapping[str, Any], now: float | None = None) -> Principal:
         now = time.time() if now is None else now
