@@ -40,6 +40,7 @@ from apps.transport.admin import InstrumentedServer
 from apps.transport.conversation import Conversations, TooManyPending
 from apps.transport.engine_server import EngineServer
 from apps.transport.engine_socket import spawn, stats
+from apps.transport.managers import deliver_packet, event_packet
 from apps.transport.recovery import (
     RECOVERABLE_REASONS,
     Recorded,
@@ -294,6 +295,12 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
     def _session_rooms(self, sid: str, namespace: str) -> list[str]:
         """The rooms a session keeps: those ``sid`` is in, but its own."""
         return [room for room in self.manager.get_rooms(sid, namespace) if room != sid]
+
+    async def send_json(self, sid: str, event: str, json_args: str, namespace: str) -> None:
+        """Send ``event`` to the connection ``sid`` of this instance alone, its one argument already
+        JSON text; not recorded for recovery (a message for that connection only, such as its
+        welcome: a recovered session must not get the old connection's again)."""
+        await deliver_packet(self.manager, event_packet(namespace, event, json_args), namespace, sid)
 
     async def enter_room(self, sid: str, room: Any, namespace: str | None = None) -> None:
         await super().enter_room(sid, room, namespace=namespace)

@@ -28,6 +28,7 @@ from apps.api.token_keys import TokenKeys, verify_token
 from apps.api.websocket.auth import AuthError, TokenVerifier, extract_token
 from apps.api.websocket.connections import AddressRates, Connection, Connections
 from apps.api.websocket.models import (
+    TYPE_TEXT,
     ConnectionClosingData,
     ConnectionEstablishedData,
     Event,
@@ -250,12 +251,14 @@ class ClientEvents:
         raise socketio.exceptions.ConnectionRefusedError(content["message"], {"content": content})
 
     async def _welcome(self, sid: str, user_id: UUID, rooms: list[str]) -> None:
-        event = Event(
-            type=EventType.CONNECTION_ESTABLISHED,
-            source="websocket_server",
-            data=ConnectionEstablishedData(connection_id=sid, user_id=user_id, rooms=rooms, instance_id=INSTANCE_ID),
-        )
-        await self.sio.emit(event.type.value, event.wire(), to=sid, namespace=NAMESPACE)
+        data = ConnectionEstablishedData(connection_id=sid, user_id=user_id, rooms=rooms, instance_id=INSTANCE_ID)
+        event = Event.of(EventType.CONNECTION_ESTABLISHED, "websocket_server", data)
+        send_json = getattr(self.sio, "send_json", None)
+        if send_json is None:  # stock python-socketio
+            await self.sio.emit(event.type.value, event.wire(), to=sid, namespace=NAMESPACE)
+            return
+        # serialised as the broadcaster's events are (test_models holds the two ways to the same bytes)
+        await send_json(sid, TYPE_TEXT[event.type], event.wire_json(), NAMESPACE)
 
     def _schedule_expiry(self, conn: Connection) -> None:
         """(Re)arm the connection's token timers: ``token.expiring`` ``TOKEN_EXPIRY_WARNING_SECONDS``
