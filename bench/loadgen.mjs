@@ -15,6 +15,7 @@
 //              urls[i % urls.length], each subscribing to `rooms` ("{agent}" is replaced by the
 //              agent id of i); at most `rate` new connections a second and `max_pending` in flight;
 //              answers how long each took (`connect_ms`: from opening to `connect`, timeouts apart)
+//              and when the last one connected (`last_connected_s`, from the command's start)
 //   subscribe  {from, to, room, batch, deadline_s}  clients with index in [from, to) join `room`
 //              ("{agent}": the agent id of each), in index order, `batch` at a time, until
 //              deadline_s; answers `upto`: exactly the clients in [from, upto) were asked
@@ -153,6 +154,7 @@ function runWorker() {
       let failed = 0;
       const errors = {};
       const connectHist = new Histogram();
+      let lastOk = null; // when the last client to connect did (monoNow)
       let budget = 1;
       const tickMs = 5;
       const perTick = (rate * tickMs) / 1000;
@@ -163,7 +165,7 @@ function runWorker() {
           errors["deadline"] = (errors["deadline"] || 0) + specs.length - next + pending;
           next = specs.length;
           clearInterval(timer);
-          resolve({ ok, failed, errors, connect_ms: connectHist.toJSON() });
+          resolve({ ok, failed, errors, connect_ms: connectHist.toJSON(), last_ok: lastOk });
           return;
         }
         budget = Math.min(budget + perTick, Math.max(2, perTick * 2));
@@ -181,20 +183,22 @@ function runWorker() {
               }
               return;
             }
-            if (result.ok) ok += 1;
-            else {
+            if (result.ok) {
+              ok += 1;
+              lastOk = monoNow();
+            } else {
               failed += 1;
               errors[result.error] = (errors[result.error] || 0) + 1;
             }
             if (done()) {
               clearInterval(timer);
-              resolve({ ok, failed, errors, connect_ms: connectHist.toJSON() });
+              resolve({ ok, failed, errors, connect_ms: connectHist.toJSON(), last_ok: lastOk });
             }
           });
         }
         if (specs.length === 0) {
           clearInterval(timer);
-          resolve({ ok, failed, errors, connect_ms: connectHist.toJSON() });
+          resolve({ ok, failed, errors, connect_ms: connectHist.toJSON(), last_ok: lastOk });
         }
       }, tickMs);
     });
@@ -364,8 +368,11 @@ async function runParent() {
     const ok = replies.reduce((s, r) => s + r.ok, 0);
     const connectHist = new Histogram();
     for (const reply of replies) if (reply.connect_ms) connectHist.merge(reply.connect_ms);
+    const lastOk = Math.max(...replies.map((r) => r.last_ok ?? -Infinity));
     return {
       connect_ms: connectHist.summary(),
+      // until the last client that connected did (seconds: until every client connected or failed)
+      last_connected_s: Number.isFinite(lastOk) ? (lastOk - start) / 1000 : null,
       connected: ok,
       failed: replies.reduce((s, r) => s + r.failed, 0),
       errors,

@@ -229,8 +229,10 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             "",
             "CPU/connect: the server's CPU while the level's new clients connected (paced by the load generator), "
-            "per connection. Idle CPU: over the window, per connection and second; the last level's window is one "
-            "heartbeat interval (25 s on both servers), so each connection's PING and PONG is in it once.",
+            "per connection. Idle CPU: over the window, per connection and second. The last level's window is one "
+            "heartbeat interval (25 s on both servers), so each connection's PING and PONG is in it once; the "
+            "other levels' 2 s windows come seconds after their connects, before any PING is due (the first comes "
+            "25 s after a connect): they show the servers' baseline, not the heartbeat.",
             "",
         ]
 
@@ -249,6 +251,7 @@ def markdown(results: dict[str, Any]) -> str:
             ("connected", ("connected",)),
             ("client timeouts", ("timeouts",)),
             ("seconds until the last is connected", ("seconds",)),
+            ("seconds until every client connected or gave up", ("settled_s",)),
             ("time to connect p50 (ms)", ("connect_ms", "p50")),
             ("time to connect p99 (ms)", ("connect_ms", "p99")),
             ("time to connect max (ms)", ("connect_ms", "max")),

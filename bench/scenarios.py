@@ -110,7 +110,7 @@ def part_idle_rooms(sess: Session, lg: LoadGen, server: Server, scenarios: set[s
     levels = prof.idle_levels if "idle" in scenarios else (prof.rooms_clients,)
     live = 0
     for level in levels:
-        before, cpu0 = lg.next_index, server.cpu()
+        cpu0 = server.cpu()
         reply = ensure_clients(lg, server, level, prof, [])
         connect_cpu = server.cpu() - cpu0
         live = reply["clients"]
@@ -135,7 +135,7 @@ def part_idle_rooms(sess: Session, lg: LoadGen, server: Server, scenarios: set[s
                     "kb_per_connection": round((rss - base_rss) * 1024 / live, 2) if live else None,
                     "connect_per_s": round(reply["per_second"]),
                     "connect_s": round(reply["seconds"], 2),
-                    "connect_cpu_us": round(connect_cpu * 1e6 / (live - before)) if live > before else None,
+                    "connect_cpu_us": round(connect_cpu * 1e6 / reply["connected"]) if reply["connected"] else None,
                     "connect_ms": reply.get("connect_ms"),
                     "idle_cpu_pct": round(idle_cpu * 100, 2),
                     "idle_window_s": round(elapsed, 1),
@@ -207,7 +207,7 @@ def part_storm(sess: Session, lg: LoadGen, server: Server) -> None:
     lg.next_index = reply["next_index"]
     cpu, lg_cpu = server.cpu() - cpu0, lg.cpu() - lg_cpu0
     connected = reply["connected"]
-    seconds = reply["seconds"]
+    seconds = reply["last_connected_s"] or 0.0
     sess.record(
         f"storm-{n}",
         {
@@ -216,11 +216,12 @@ def part_storm(sess: Session, lg: LoadGen, server: Server) -> None:
             "timeouts": reply["errors"].get(CONNECT_TIMEOUT, 0),
             "errors": reply["errors"],
             "seconds": round(seconds, 2),
+            "settled_s": round(reply["seconds"], 2),
             "connect_ms": reply.get("connect_ms"),
-            "connect_per_s": round(reply["per_second"]),
+            "connect_per_s": round(connected / seconds) if seconds else None,
             "cpu_s": round(cpu, 2),
             "connect_cpu_us": round(cpu * 1e6 / connected) if connected else None,
-            "loadgen_busy": round(lg_cpu / seconds, 2) if seconds else None,
+            "loadgen_busy": round(lg_cpu / reply["seconds"], 2) if reply["seconds"] else None,
         },
     )
 

@@ -20,9 +20,9 @@ python-socketio's ``InstrumentedAsyncServer``, adapted to what the transport rep
   the application's ``connect`` handler runs, so every refused connection (a bad token, a wrong
   namespace) appears as a connection that never leaves, and its timestamp is kept forever. Here it
   is reported once the handler accepted it, with the rooms the handler put it in.
-- **``emit_json``** (the client managers' fast path, which bypasses ``manager.emit``) is reported
-  as ``event_sent`` too, in ``development`` mode, for this instance's recipients (as python-socketio
-  reports ``emit``).
+- **``emit_json``** (the client managers' fast path, which bypasses ``manager.emit``) and the
+  server's ``send_json`` (to one connection) are reported as ``event_sent`` too, in
+  ``development`` mode, for this instance's recipients (as python-socketio reports ``emit``).
 - **Credentials are never shown.** The handshake of a reported connection has its
   ``authorization``, ``proxy-authorization`` and ``cookie`` headers and its ``token`` and
   ``access_token`` query parameters replaced by ``[redacted]``.
@@ -99,6 +99,9 @@ class InstrumentedServer(InstrumentedAsyncServer):  # type: ignore[misc]
         if self.mode == "development" and hasattr(manager, "emit_json"):
             self._manager_emit_json = manager.emit_json
             manager.emit_json = self._emit_json
+        if self.mode == "development" and hasattr(self.sio, "send_json"):
+            self._server_send_json = self.sio.send_json
+            self.sio.send_json = self._send_json
 
     # --- what the Admin UI is told ----------------------------------------------------------
 
@@ -140,6 +143,13 @@ class InstrumentedServer(InstrumentedAsyncServer):  # type: ignore[misc]
 
     async def _emit_json(self, event: str, json_args: str, namespace: str, room: Any, **kwargs: Any) -> None:
         await self._manager_emit_json(event, json_args, namespace, room, **kwargs)
+        await self._report_sent(event, json_args, namespace, room)
+
+    async def _send_json(self, sid: str, event: str, json_args: str, namespace: str) -> None:
+        await self._server_send_json(sid, event, json_args, namespace)
+        await self._report_sent(event, json_args, namespace, sid)
+
+    async def _report_sent(self, event: str, json_args: str, namespace: str, room: Any) -> None:
         if namespace == self.admin_namespace:
             return
         participants = [sid for sid, _ in self.sio.manager.get_participants(namespace, room)]

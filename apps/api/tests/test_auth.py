@@ -10,9 +10,11 @@ from uuid import uuid4
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from apps.api.tests.support import TEST_SECRET, make_token
 from apps.api.websocket.auth import AuthError, Principal, TokenVerifier, extract_token
+from apps.api.websocket.keys import KeySet, VerificationKey, hmac_key
 
 
 def verifier(**overrides) -> TokenVerifier:
@@ -122,45 +124,113 @@ def _signed_raw(header: dict[str, object], claims: dict[str, object]) -> str:
     return f"{signing_input}.{jwt.utils.base64url_encode(mac).decode()}"
 
 
-def _tokens_of_every_kind() -> dict[str, str]:
-    """Tokens each of which one check accepts or refuses: what the verifier's shortcut must agree on."""
-    user = uuid4()
-    now = int(time.time())
-    signed = lambda claims, headers=None, algorithm="HS256", secret=TEST_SECRET: jwt.encode(  # noqa: E731
-        claims, secret, algorithm=algorithm, headers=headers
-    )
-    base = {"sub": str(user), "exp": now + 3600, "iat": now}
+_RSA = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+_EC = ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_sets() -> dict[str, KeySet]:
     return {
-        "valid": make_token(user, roles=["admin"]),
-        "valid with a kid": signed(base, headers={"kid": "any"}),
-        "kid not a string": _signed_raw({"alg": "HS256", "typ": "JWT", "kid": 7}, base),
-        "another secret": make_token(secret="y" * 40),
-        "another algorithm": make_token(algorithm="HS512"),
-        "alg none": jwt.encode(base, None, algorithm="none"),
-        "expired": make_token(ttl=-3600),
-        "not yet valid": signed({**base, "nbf": now + 3600}),
-        "no sub": signed({"exp": now + 3600}),
-        "sub not a uuid": signed({**base, "sub": "alice"}),
-        "exp a string": signed({**base, "exp": str(now + 3600)}),
-        "roles not a list": signed({**base, "roles": "admin"}),
-        "not a jwt": "abc.def.ghi",
-        "two segments": "abc.def",
-        "bad header": "e30x." + make_token().split(".", 1)[1],
+        "a secret": KeySet([hmac_key(TEST_SECRET, "HS256")]),
+        "a secret with a kid": KeySet([hmac_key(TEST_SECRET, "HS256", kid="a")]),
+        "an RS256 key": KeySet([VerificationKey(kid=None, algorithm="RS256", key=_RSA.public_key())]),
+        "an RS256 key with a kid": KeySet([VerificationKey(kid="a", algorithm="RS256", key=_RSA.public_key())]),
+        "an ES256 key": KeySet([VerificationKey(kid=None, algorithm="ES256", key=_EC.public_key())]),
     }
 
 
-def test_the_one_key_shortcut_decides_as_the_full_check(monkeypatch: pytest.MonkeyPatch) -> None:
-    # With one key the token is parsed once, its header checked after PyJWT's decode; every
-    # token must get what the full check (header first, then the key it names) gives it.
-    check = verifier()
+def _tokens_of_every_kind() -> dict[str, str]:
+    """Tokens each of which one check accepts or refuses: what the verifier's shortcut must agree on."""
+    now = int(time.time())
+    base = {"sub": str(uuid4()), "exp": now + 3600, "iat": now, "iss": "https://issuer.example", "roles": ["admin"]}
+    signers: dict[str, tuple[object, str]] = {
+        "HS256": (TEST_SECRET, "HS256"),
+        "HS256 another secret": ("y" * 40, "HS256"),
+        "HS512": (TEST_SECRET, "HS512"),
+        "RS256": (_RSA, "RS256"),
+        "PS256": (_RSA, "PS256"),
+        "ES256": (_EC, "ES256"),
+    }
+    claims_of = {
+        "valid": base,
+        "expired": {**base, "exp": now - 3600},
+        "not yet valid": {**base, "nbf": now + 3600},
+        "another issuer": {**base, "iss": "https://other.example"},
+        "no sub": {k: v for k, v in base.items() if k != "sub"},
+        "sub not a uuid": {**base, "sub": "alice"},
+        "exp a string": {**base, "exp": str(now + 3600)},
+        "roles not a list": {**base, "roles": "admin"},
+    }
+    tokens = {}
+    for signer, (key, algorithm) in signers.items():
+        for kid in (None, "a", "b"):
+            for what, claims in claims_of.items() if signer == "HS256" and kid is None else [("valid", base)]:
+                headers = {"kid": kid} if kid else None
+                tokens[f"{signer}|{kid}|{what}"] = jwt.encode(claims, key, algorithm=algorithm, headers=headers)
+    tokens.update(
+        {
+            "kid not a string": _signed_raw({"alg": "HS256", "typ": "JWT", "kid": 7}, base),
+            "alg none": jwt.encode(base, None, algorithm="none"),
+            "not a jwt": "abc.def.ghi",
+            "two segments": "abc.def",
+            "bad header": "e30x." + make_token().split(".", 1)[1],
+            "not ascii": make_token() + "\u00e9",
+            "a lone surrogate": "\ud800",
+        }
+    )
+    return tokens
+
+
+@pytest.mark.parametrize("issuer", [None, "https://issuer.example"])
+@pytest.mark.parametrize("key_set", list(_key_sets()))
+def test_the_one_key_shortcut_decides_as_the_full_check(key_set: str, issuer: str | None) -> None:
+    # With one key and no kid the token is decoded first and its header checked after; the same
+    # key twice takes the full check (header first, then the keys it names), which must decide
+    # every token the same way: the same principal, or the same reason.
+    keys = _key_sets()[key_set]
+    shortcut = TokenVerifier(keys=keys, issuer=issuer)
+    full = TokenVerifier(keys=KeySet([*keys, *keys]), issuer=issuer)
     tokens = _tokens_of_every_kind()
-    shortcut = {name: _outcome(check, token) for name, token in tokens.items()}
-    monkeypatch.setattr(TokenVerifier, "_with_the_only_key", lambda self, token, keys: None)
-    full = {name: _outcome(check, token) for name, token in tokens.items()}
-    assert shortcut == full
-    assert isinstance(shortcut["valid"], Principal) and shortcut["valid"].is_admin
-    assert shortcut["another secret"] == "bad_signature" and shortcut["alg none"] == "bad_algorithm"
-    assert shortcut["kid not a string"] == "malformed" and shortcut["exp a string"] == "invalid_claim"
+    decided = {name: _outcome(shortcut, token) for name, token in tokens.items()}
+    assert decided == {name: _outcome(full, token) for name, token in tokens.items()}
+    assert decided["alg none"] == "bad_algorithm" and decided["not ascii"] == "malformed"
+    assert decided["a lone surrogate"] == "malformed" and decided["kid not a string"] == "malformed"
+    (key,) = keys
+    accepted = {name for name, outcome in decided.items() if isinstance(outcome, Principal)}
+    # what the key takes: its algorithm's valid tokens, with its kid or none if it has one (an
+    # unnamed key takes any kid); another issuer's too when no issuer is required
+    takes = {"valid"} | ({"another issuer"} if issuer is None else set())
+    assert accepted == {
+        name
+        for name in tokens
+        if name.count("|") == 2
+        and (parts := name.split("|"))[0] == key.algorithm
+        and parts[2] in takes
+        and (key.kid is None or parts[1] in ("None", key.kid))
+    }, key_set
+
+
+def test_a_token_is_decoded_once_with_one_key_accepted_or_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    decodes: list[str] = []
+    headers: list[str] = []
+    decode, header = TokenVerifier._decode, jwt.get_unverified_header
+
+    def counting_decode(self: TokenVerifier, token: str, key: VerificationKey) -> object:
+        decodes.append(token)
+        return decode(self, token, key)
+
+    def counting_header(token: str) -> object:
+        headers.append(token)
+        return header(token)
+
+    monkeypatch.setattr(TokenVerifier, "_decode", counting_decode)
+    monkeypatch.setattr(jwt, "get_unverified_header", counting_header)
+    check = verifier()
+    check.verify(make_token())
+    assert (len(decodes), len(headers)) == (1, 0), "a valid token is parsed once"
+    for token, reason in ((make_token(secret="y" * 40), "bad_signature"), (make_token(ttl=-3600), "expired")):
+        decodes.clear()
+        assert _outcome(check, token) == reason
+        assert len(decodes) == 1, f"a token refused for {reason} is decoded once"
 
 
 def test_pyjwt_keeps_its_jws_decoder_where_the_verifier_replaces_hmac() -> None:

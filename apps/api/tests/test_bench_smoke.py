@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from apps.api.tests.support import REPO_ROOT
+from bench.harness import QUICK
 
 BENCH = REPO_ROOT / "bench"
 NODE_PACKAGES = ("socket.io", "socket.io-client", "@socket.io/redis-adapter", "redis")
@@ -111,12 +112,15 @@ async def test_quick_benchmark_delivers_every_event_on_both_servers(tmp_path: Pa
             assert figures["connections"] == figures["target"], f"{name} on {kind}: {figures}"
             for key in ("kb_per_connection", "connect_cpu_us", "idle_cpu_us_per_conn_s"):
                 assert isinstance(figures[key], int | float), f"{name} on {kind}: {key}"
-            assert figures["connect_ms"]["n"] == figures["connections"] - (10 if name == "idle-20" else 0), figures
+            level = QUICK.idle_levels.index(figures["target"])
+            new = figures["connections"] - (QUICK.idle_levels[level - 1] if level else 0)
+            assert figures["connect_ms"]["n"] == new, f"{name} on {kind}: {figures}"
     for kind in ("python", "node"):
         storm = cases[STORM_CASE][kind]
         assert storm["connected"] == storm["clients"] == 20, f"{STORM_CASE} on {kind}: {storm}"
         assert storm["timeouts"] == 0 and storm["errors"] == {}, f"{STORM_CASE} on {kind}: {storm}"
         assert storm["connect_ms"]["n"] == 20, storm
+        assert 0 < storm["seconds"] <= storm["settled_s"], storm
         assert isinstance(storm["connect_cpu_us"], int | float), storm
     assert cases["rooms-20"]["python"]["rooms"] == cases["rooms-20"]["node"]["rooms"] == 20
     assert "redis_cpu_s" in cases["redis-fanout-20"]["python"]

@@ -158,13 +158,24 @@ class TokenVerifier:
     def verify(self, token: str | None) -> Principal:
         if not token:
             raise AuthError(AuthReason.MISSING)
-        if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+        # a JWT is ASCII (base64url and dots): anything else, a lone surrogate included, is not one
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH or not token.isascii():
             raise AuthError(AuthReason.MALFORMED)
         keys = self.keys
+        # One key without a kid (a plain secret, one public key): every token of its algorithm goes
+        # to it, whatever its kid, so its decode is tried first and the token parsed once. Its
+        # outcome stands for that key below: a refused token is not decoded twice.
+        tried: tuple[VerificationKey, Exception] | None = None
         if len(keys) == 1:
-            claims = self._with_the_only_key(token, keys)
-            if claims is not None:
-                return self._principal(claims)
+            (only,) = keys
+            if only.kid is None and only.algorithm in ALGORITHMS:
+                try:
+                    decoded = self._decode(token, only)
+                except (AuthError, jwt.InvalidSignatureError) as exc:
+                    tried = (only, exc)
+                else:
+                    if self._goes_to(decoded["header"], keys, only):
+                        return self._principal(decoded["payload"])
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -181,6 +192,8 @@ class TokenVerifier:
             raise AuthError(AuthReason.BAD_ALGORITHM)
         for key in candidates:
             try:
+                if tried is not None and key is tried[0]:
+                    raise tried[1]
                 claims = self._decode(token, key)["payload"]
                 break
             except jwt.InvalidSignatureError:
@@ -189,23 +202,16 @@ class TokenVerifier:
             raise AuthError(AuthReason.BAD_SIGNATURE)
         return self._principal(claims)
 
-    def _with_the_only_key(self, token: str, keys: KeySet) -> dict[str, Any] | None:
-        """The claims of a token that the one key of ``keys`` verifies and that the checks below
-        would give that key (its header's ``kid`` and ``alg``), parsing the token once; None for
-        any other token, which the checks below then refuse with their reason."""
-        (key,) = keys
-        try:
-            decoded = self._decode(token, key)
-        except (AuthError, jwt.InvalidSignatureError):
-            return None
-        header = decoded["header"]
-        kid = header.get("kid")
+    @staticmethod
+    def _goes_to(header: Mapping[str, Any], keys: KeySet, key: VerificationKey) -> bool:
+        """Whether the checks of :meth:`verify` would give a token with this (decoded) header to
+        ``key``: its ``alg`` one accepted, its ``kid`` absent or a string, ``key`` a candidate."""
+        algorithm, kid = header.get("alg"), header.get("kid")
+        if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
+            return False
         if kid is not None and not isinstance(kid, str):
-            return None
-        if not any(candidate is key for candidate in keys.candidates(kid, header.get("alg")) or ()):
-            return None
-        claims: dict[str, Any] = decoded["payload"]
-        return claims
+            return False
+        return any(candidate is key for candidate in keys.candidates(kid, algorithm) or ())
 
     def _decode(self, token: str, key: VerificationKey) -> dict[str, Any]:
         """PyJWT's decode of ``token`` with ``key``: ``{"header", "payload", "signature"}``."""

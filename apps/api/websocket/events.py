@@ -257,7 +257,7 @@ class ClientEvents:
         if send_json is None:  # stock python-socketio
             await self.sio.emit(event.type.value, event.wire(), to=sid, namespace=NAMESPACE)
             return
-        # serialised as the broadcaster's events are (test_models holds the two ways to the same bytes)
+        # serialised as the broadcaster's events are (test_models holds wire_json to the same JSON as wire())
         await send_json(sid, TYPE_TEXT[event.type], event.wire_json(), NAMESPACE)
 
     def _schedule_expiry(self, conn: Connection) -> None:

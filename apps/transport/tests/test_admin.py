@@ -153,6 +153,31 @@ async def test_the_fast_path_is_reported_as_event_sent():
     assert (namespace, sid, data) == ("/ns", own_sid, ["news", {"n": 1}])
 
 
+async def test_a_send_to_one_connection_is_reported_as_event_sent():
+    sio = make_server()
+    sio.on("connect", lambda sid, environ, auth: True, namespace="/ns")
+    async with serve(sio) as url, admin(url) as watcher:
+        clients = [socketio.AsyncClient(reconnection=False) for _ in range(2)]
+        got: asyncio.Queue[Any] = asyncio.Queue()
+        clients[0].on("hello", got.put_nowait, namespace="/ns")
+        for client in clients:
+            await client.connect(url, namespaces=["/ns"], transports=["websocket"], wait_timeout=TIMEOUT)
+        try:
+            own_sid = clients[0].get_sid("/ns")
+            await sio.send_json(own_sid, "hello", json.dumps({"password": "p", "n": 2}), "/ns")
+            assert await asyncio.wait_for(got.get(), TIMEOUT) == {"password": "p", "n": 2}
+            namespace, sid, data, _ = await watcher.expect("event_sent")
+            # the next report is of the next send: nothing was reported for the other connection
+            other_sid = clients[1].get_sid("/ns")
+            await sio.manager.emit_json("bye", "1", "/ns", other_sid)
+            after = await watcher.expect("event_sent")
+        finally:
+            for client in clients:
+                await client.disconnect()
+    assert (namespace, sid, data) == ("/ns", own_sid, ["hello", {"password": REDACTED, "n": 2}])
+    assert tuple(after[:3]) == ("/ns", other_sid, ["bye", 1])
+
+
 async def test_shutdown_stops_the_stats_task_at_once():
     sio = SocketServer(client_manager=LocalManager(), cors_allowed_origins="*")
     instrumented = sio.instrument(auth=AUTH, server_stats_interval=60)
