@@ -231,6 +231,12 @@ def test_a_token_is_decoded_once_with_one_key_accepted_or_refused(monkeypatch: p
         decodes.clear()
         assert _outcome(check, token) == reason
         assert len(decodes) == 1, f"a token refused for {reason} is decoded once"
+    # a key with a kid: a token naming another kid is refused (worth a key refresh) before any decode
+    named = TokenVerifier(keys=KeySet([hmac_key(TEST_SECRET, "HS256", kid="a")]))
+    decodes.clear()
+    other_kid = jwt.encode({"sub": str(uuid4()), "exp": int(time.time()) + 60}, TEST_SECRET, headers={"kid": "b"})
+    assert _outcome(named, other_kid) == "unknown_key"
+    assert decodes == []
 
 
 def test_pyjwt_keeps_its_jws_decoder_where_the_verifier_replaces_hmac() -> None:

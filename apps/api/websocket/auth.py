@@ -163,8 +163,10 @@ class TokenVerifier:
             raise AuthError(AuthReason.MALFORMED)
         keys = self.keys
         # One key without a kid (a plain secret, one public key): every token of its algorithm goes
-        # to it, whatever its kid, so its decode is tried first and the token parsed once. Its
-        # outcome stands for that key below: a refused token is not decoded twice.
+        # to it, whatever its kid, so its decode is tried first and the token parsed once (the
+        # header PyJWT decoded is the one the checks below read). Its outcome stands for that key
+        # below: a refused token is not decoded twice.
+        decoded: dict[str, Any] | None = None
         tried: tuple[VerificationKey, Exception] | None = None
         if len(keys) == 1:
             (only,) = keys
@@ -173,23 +175,16 @@ class TokenVerifier:
                     decoded = self._decode(token, only)
                 except (AuthError, jwt.InvalidSignatureError) as exc:
                     tried = (only, exc)
-                else:
-                    if self._goes_to(decoded["header"], keys, only):
-                        return self._principal(decoded["payload"])
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError:
-            raise AuthError(AuthReason.MALFORMED) from None
-        algorithm, kid = header.get("alg"), header.get("kid")
-        if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:  # "none" among them
-            raise AuthError(AuthReason.BAD_ALGORITHM)
-        if kid is not None and not isinstance(kid, str):
-            raise AuthError(AuthReason.MALFORMED, "kid")
-        candidates = keys.candidates(kid, algorithm)
-        if candidates is None:
-            raise UnknownKey(kid or "")
-        if not candidates:
-            raise AuthError(AuthReason.BAD_ALGORITHM)
+        if decoded is not None:
+            header = decoded["header"]
+        else:
+            try:
+                header = jwt.get_unverified_header(token)
+            except jwt.InvalidTokenError:
+                raise AuthError(AuthReason.MALFORMED) from None
+        candidates = self._candidates(header, keys)
+        if decoded is not None and any(candidate is only for candidate in candidates):
+            return self._principal(decoded["payload"])
         for key in candidates:
             try:
                 if tried is not None and key is tried[0]:
@@ -203,15 +198,20 @@ class TokenVerifier:
         return self._principal(claims)
 
     @staticmethod
-    def _goes_to(header: Mapping[str, Any], keys: KeySet, key: VerificationKey) -> bool:
-        """Whether the checks of :meth:`verify` would give a token with this (decoded) header to
-        ``key``: its ``alg`` one accepted, its ``kid`` absent or a string, ``key`` a candidate."""
+    def _candidates(header: Mapping[str, Any], keys: KeySet) -> list[VerificationKey]:
+        """The keys of ``keys`` a token with this header is tried with; refused (``AuthError``) when
+        its ``alg`` is not one accepted, its ``kid`` not a string, or no key can be tried."""
         algorithm, kid = header.get("alg"), header.get("kid")
-        if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
-            return False
+        if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:  # "none" among them
+            raise AuthError(AuthReason.BAD_ALGORITHM)
         if kid is not None and not isinstance(kid, str):
-            return False
-        return any(candidate is key for candidate in keys.candidates(kid, algorithm) or ())
+            raise AuthError(AuthReason.MALFORMED, "kid")
+        candidates = keys.candidates(kid, algorithm)
+        if candidates is None:
+            raise UnknownKey(kid or "")
+        if not candidates:
+            raise AuthError(AuthReason.BAD_ALGORITHM)
+        return candidates
 
     def _decode(self, token: str, key: VerificationKey) -> dict[str, Any]:
         """PyJWT's decode of ``token`` with ``key``: ``{"header", "payload", "signature"}``."""
