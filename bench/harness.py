@@ -334,8 +334,21 @@ class LoadGen:
     def cpu(self) -> float:
         return cpu_seconds(self.proc.pid)
 
-    def connect(self, urls: list[str], count: int, rooms: list[str], prof: Profile, **extra: Any) -> dict[str, Any]:
-        timeout = prof.ramp_budget_s
+    def connect(
+        self,
+        urls: list[str],
+        count: int,
+        rooms: list[str],
+        prof: Profile,
+        *,
+        rate: float | None = None,
+        max_pending: int | None = None,
+        budget_s: float | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """``count`` more clients, at most ``rate`` new ones a second and ``max_pending`` in flight,
+        within ``budget_s`` (the profile's ramp unless given)."""
+        timeout = prof.ramp_budget_s if budget_s is None else budget_s
         reply = self.cmd(
             "connect",
             timeout=timeout + 10,
@@ -343,8 +356,8 @@ class LoadGen:
             count=count,
             rooms=rooms,
             secret=SECRET,
-            rate=prof.ramp_rate,
-            max_pending=prof.max_pending,
+            rate=prof.ramp_rate if rate is None else rate,
+            max_pending=prof.max_pending if max_pending is None else max_pending,
             timeout_s=timeout,
             **extra,
         )

@@ -158,14 +158,17 @@ function runWorker() {
       let budget = 1;
       const tickMs = 5;
       const perTick = (rate * tickMs) / 1000;
+      const settle = () => {
+        clearInterval(timer);
+        resolve({ ok, failed, errors, connect_ms: connectHist.toJSON(), last_ok: lastOk });
+      };
       const done = () => ok + failed === specs.length;
       const timer = setInterval(() => {
         if (monoNow() > deadline) {
           failed += specs.length - next + pending; // pending ones are closed when they settle
           errors["deadline"] = (errors["deadline"] || 0) + specs.length - next + pending;
           next = specs.length;
-          clearInterval(timer);
-          resolve({ ok, failed, errors, connect_ms: connectHist.toJSON(), last_ok: lastOk });
+          settle();
           return;
         }
         budget = Math.min(budget + perTick, Math.max(2, perTick * 2));
@@ -190,16 +193,10 @@ function runWorker() {
               failed += 1;
               errors[result.error] = (errors[result.error] || 0) + 1;
             }
-            if (done()) {
-              clearInterval(timer);
-              resolve({ ok, failed, errors, connect_ms: connectHist.toJSON(), last_ok: lastOk });
-            }
+            if (done()) settle();
           });
         }
-        if (specs.length === 0) {
-          clearInterval(timer);
-          resolve({ ok, failed, errors, connect_ms: connectHist.toJSON(), last_ok: lastOk });
-        }
+        if (specs.length === 0) settle();
       }, tickMs);
     });
   }

@@ -101,6 +101,15 @@ def ratio_cell(py: dict[str, Any] | None, node: dict[str, Any] | None, path: tup
     return "-" if r is None else f"{r:g}"
 
 
+#: The head of a table of one case's figures, a row each (see :func:`case_rows`).
+CASE_TABLE = ["| case | figure | python | node | x |", "|---|---|---|---|---|"]
+
+
+def case_rows(name: str, rows: list[tuple[str, str, str, str]]) -> list[str]:
+    """The rows of one case in a :data:`CASE_TABLE`: (figure, python, node, x), the case named once."""
+    return [f"| {name if i == 0 else ''} | {label} | {a} | {b} | {r} |" for i, (label, a, b, r) in enumerate(rows)]
+
+
 def markdown(results: dict[str, Any]) -> str:
     meta = results["meta"]
     cases = results["cases"]
@@ -244,8 +253,7 @@ def markdown(results: dict[str, Any]) -> str:
             "As after a restart or a deploy: all clients connect together (no pacing), each with "
             "socket.io-client's 20 s connect timeout, to a server that has just started.",
             "",
-            "| case | figure | python | node | x |",
-            "|---|---|---|---|---|",
+            *CASE_TABLE,
         ]
         rows = [
             ("connected", ("connected",)),
@@ -261,11 +269,9 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         for name, entry in storm.items():
             py, node = entry["python"], entry["node"]
-            for i, (label, path) in enumerate(rows):
-                lines.append(
-                    f"| {name if i == 0 else ''} | {label} | {cell(py, path)} | {cell(node, path)} "
-                    f"| {ratio_cell(py, node, path)} |"
-                )
+            lines += case_rows(
+                name, [(label, cell(py, path), cell(node, path), ratio_cell(py, node, path)) for label, path in rows]
+            )
         lines.append("")
 
     sections = {
@@ -304,7 +310,7 @@ def markdown(results: dict[str, Any]) -> str:
         group = {k: v for k, v in cases.items() if v["scenario"] == scenario}
         if not group:
             continue
-        lines += [f"## {title}", "", text, "", "| case | figure | python | node | x |", "|---|---|---|---|---|"]
+        lines += [f"## {title}", "", text, "", *CASE_TABLE]
         for name, entry in group.items():
             py, node = entry["python"], entry["node"]
             rows: list[tuple[str, tuple[str, ...], bool, bool]] = [
@@ -343,8 +349,7 @@ def markdown(results: dict[str, Any]) -> str:
                         ratio_cell(py, node, path) if with_ratio else "",
                     )
                 )
-            for i, (label, a, b, r) in enumerate(out):
-                lines.append(f"| {name if i == 0 else ''} | {label} | {a} | {b} | {r} |")
+            lines += case_rows(name, out)
         lines.append("")
 
     rates = {k: v for k, v in cases.items() if v["scenario"] == "rate" and not k.endswith("-max")}

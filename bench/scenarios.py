@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from bench.harness import (
-    SECRET,
     BenchError,
     LoadGen,
     Profile,
@@ -193,18 +192,7 @@ def part_storm(sess: Session, lg: LoadGen, server: Server) -> None:
     server.post("/bench/gc", {})
     time.sleep(prof.settle_s)
     cpu0, lg_cpu0 = server.cpu(), lg.cpu()
-    reply = lg.cmd(
-        "connect",
-        timeout=prof.storm_budget_s + 10,
-        urls=[server.ws_url],
-        count=n,
-        rooms=[],
-        secret=SECRET,
-        rate=1_000_000,
-        max_pending=n,
-        timeout_s=prof.storm_budget_s,
-    )
-    lg.next_index = reply["next_index"]
+    reply = lg.connect([server.ws_url], n, [], prof, rate=1_000_000, max_pending=n, budget_s=prof.storm_budget_s)
     cpu, lg_cpu = server.cpu() - cpu0, lg.cpu() - lg_cpu0
     connected = reply["connected"]
     seconds = reply["last_connected_s"] or 0.0
