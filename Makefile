@@ -38,7 +38,7 @@ test: $(STAMP)
 	$(BIN)/pytest
 	WEBSOCKET_TRANSPORT=stock $(BIN)/pytest apps/api/websocket/tests.py apps/api/tests/test_js_client.py
 
-# The benchmark against the reference Node server (about 6 minutes; see bench/README.md).
+# The benchmark against the reference Node server (about 8-9 minutes; see bench/README.md).
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
