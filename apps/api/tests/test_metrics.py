@@ -14,6 +14,7 @@ from uuid import uuid4
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
@@ -403,3 +404,60 @@ async def test_the_docs_scrape_example(metered: RunningServer):
     finally:
         await client.close()
     assert re.fullmatch(r"events_connections [1-9][0-9]*\.0\n", output), output
+
+
+def _histogram_samples(histogram: Any) -> dict[str, float]:
+    return {
+        f"{s.name}{s.labels.get('le', '')}": s.value
+        for family in histogram.collect()
+        for s in family.samples
+        if not s.name.endswith("_created")
+    }
+
+
+def test_publishes_are_counted_as_the_counter_and_the_histogram_would_count_them():
+    """The broadcaster's publishes go into a plain tally that :func:`metrics.sample` adds to the
+    metrics (prometheus-client has no call that adds many observations to a histogram: it writes
+    into the histogram's buckets and sum, as ``observe`` does). What a scrape shows must be what
+    the counter and ``observe`` would show for the same publishes: this fails if prometheus-client's
+    histogram changes inside."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from apps.api.websocket.models import EventType
+
+    bounds = metrics.BROADCAST_BUCKETS
+    durations = [0.0, 1e-9, *bounds, *(b * 0.999 for b in bounds), *(b * 1.001 for b in bounds), 7.5, 1e6]
+    reference = Histogram("reference", "observe's own result", buckets=bounds, registry=CollectorRegistry())
+    ours = metrics._metrics().broadcast_seconds
+    metrics.sample()
+    before = _histogram_samples(ours)
+
+    def published_count() -> float:
+        return REGISTRY.get_sample_value("events_published_total", {"type": "pr.closed"}) or 0.0
+
+    published_before = published_count()
+    for seconds in durations:
+        metrics.published(EventType.PR_CLOSED, seconds)
+        reference.observe(seconds)
+    unchanged = _histogram_samples(ours)
+    metrics.sample()
+    after = _histogram_samples(ours)
+    gained = {name.removeprefix("events_broadcast_duration_seconds"): after[name] - before[name] for name in after}
+    expected = {name.removeprefix("reference"): value for name, value in _histogram_samples(reference).items()}
+    assert gained.keys() == expected.keys()
+    for name, value in expected.items():
+        assert gained[name] == pytest.approx(value, rel=1e-9, abs=1e-9), name
+    assert expected["_count"] == len(durations)
+    assert unchanged == before  # nothing shows before a sample (a scrape samples first)
+    assert published_count() - published_before == len(durations)
+    metrics.sample()
+    assert _histogram_samples(ours) == after  # a second sample adds nothing
+
+
+def test_a_publish_of_a_type_the_tally_cannot_keep_is_counted_at_once():
+    ours = metrics._metrics().broadcast_seconds
+    metrics.sample()
+    before = _histogram_samples(ours)["events_broadcast_duration_seconds_count"]
+    metrics.published(["not", "hashable"], 0.001)  # never what the broadcaster passes
+    assert _histogram_samples(ours)["events_broadcast_duration_seconds_count"] == before + 1
+    assert (REGISTRY.get_sample_value("events_published_total", {"type": "other"}) or 0) >= 1
