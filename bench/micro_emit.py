@@ -137,7 +137,8 @@ async def measure(count: int, recovery: bool) -> dict[str, float]:
         return FramedStr.of("4" + packet)
 
     stages = {
-        "validation": best(count, lambda: model.model_validate(given)),
+        # what the broadcaster calls: model_validate's validator, without the classmethod around it
+        "validation": best(count, lambda: model.__pydantic_validator__.validate_python(given)),
         "envelope": best(count, lambda: Event.of(KIND, "agent_service", data)),
         "serialisation": best(count, event.wire_json),
         "routing": best(count, lambda: rooms_for(data)),

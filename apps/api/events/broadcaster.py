@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -58,6 +58,12 @@ _DEFAULT_SOURCE = {
 
 #: The event types a caller may publish (the others are the server's own).
 PUBLISHABLE = frozenset(PAYLOADS) - SERVER_ONLY
+
+#: Each event type's payload validation: ``model_validate``'s own validator, called without the
+#: classmethod around it.
+_VALIDATE: dict[EventType, Callable[[Any], Any]] = {
+    kind: model.__pydantic_validator__.validate_python for kind, model in PAYLOADS.items()
+}
 
 
 class EventValidationError(ValueError):
@@ -155,9 +161,12 @@ class Broadcaster:
             return publisher
         return self._emitter
 
-    async def publish(self, event: Event, rooms: list[str]) -> Event:
-        """Send an already-built event to ``rooms``. The typed methods below call this."""
-        transport = self._transport()
+    def publish(self, event: Event, rooms: list[str]) -> Coroutine[Any, Any, Event]:
+        """Send an already-built event to ``rooms`` (a coroutine: ``await broadcaster.publish(...)``).
+        The typed methods below call this."""
+        return self._emit(self._transport(), event, rooms)
+
+    async def _emit(self, transport: Emitter, event: Event, rooms: list[str]) -> Event:
         started = time.perf_counter()
         try:
             await transport.emit(event, rooms=rooms)
@@ -185,15 +194,15 @@ class Broadcaster:
     async def _validated_send(self, event_type: EventType, fields: Mapping[str, Any], source: str | None) -> Event:
         source = source or _DEFAULT_SOURCE[event_type]
         try:
-            data = PAYLOADS[event_type].model_validate(fields)
+            data = _VALIDATE[event_type](fields)
             event = Event.of(event_type, source, data)
         except ValidationError as exc:
             raise EventValidationError(event_type, exc) from None
-        self._transport()  # before the workflow directory is used: it may be Redis's
+        transport = self._transport()  # before the workflow directory is used: it may be Redis's
         rooms = rooms_for(data)
         if isinstance(data, WorkflowData):
             rooms = await self._workflow_rooms(data, rooms)
-        return await self.publish(event, rooms or list(FALLBACK_ROOMS))
+        return await self._emit(transport, event, rooms or list(FALLBACK_ROOMS))
 
     async def _workflow_rooms(self, data: WorkflowData, rooms: list[str]) -> list[str]:
         """A workflow event's rooms: its owner's, remembered for the workflow's later events that
