@@ -168,6 +168,17 @@ def cpu_seconds(root: int) -> float:
     return total_ns / 1e9 + ticks / CLK_TCK
 
 
+def user_system_seconds(root: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``root`` and its descendants (``/proc/<pid>/stat``, in
+    10 ms ticks: over a phase of seconds, where the kernel's share of a server's time goes)."""
+    user = system = 0
+    for pid in tree_pids(root):
+        fields = _stat_fields(pid)
+        if fields:
+            user, system = user + int(fields[11]), system + int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
+
+
 def rss_mb(root: int) -> float:
     total_kb = 0
     for pid in tree_pids(root):
@@ -264,6 +275,9 @@ class Server:
 
     def cpu(self) -> float:
         return cpu_seconds(self.proc.pid)
+
+    def user_system(self) -> tuple[float, float]:
+        return user_system_seconds(self.proc.pid)
 
     def rss(self) -> float:
         return rss_mb(self.proc.pid)
@@ -465,12 +479,16 @@ def measure(
     (bounded) for the deliveries, sample CPU again, collect the figures."""
     lg.cmd("arm")
     cpu0 = sum(s.cpu() for s in servers)
+    split0 = [s.user_system() for s in servers]
     lg_cpu0 = lg.cpu()
     t0 = time.monotonic()
     schedule = trigger()
     waited = lg.cmd("wait", timeout=deadline_s + 30, expected=expected, quiet_s=quiet_s, deadline_s=deadline_s)
     wall = time.monotonic() - t0
     cpu = sum(s.cpu() for s in servers) - cpu0
+    split = [s.user_system() for s in servers]
+    user = sum(after[0] - before[0] for before, after in zip(split0, split, strict=True))
+    system = sum(after[1] - before[1] for before, after in zip(split0, split, strict=True))
     lg_cpu = lg.cpu() - lg_cpu0
     got = lg.cmd("collect", timeout=60)
     received = got["received"]
@@ -484,6 +502,9 @@ def measure(
         "wait": waited["reason"],
         "server_cpu_s": round(cpu, 3),
         "cpu_us_per_delivery": round(cpu / received * 1e6, 2) if received else None,
+        # the same time split into user space and the kernel (10 ms ticks: a rough split)
+        "server_user_s": round(user, 2),
+        "server_system_s": round(system, 2),
         "deliveries_per_s": round(got["deliveries_per_s"]) if got["deliveries_per_s"] else None,
         "burst_deliveries_per_s": round(got["burst_deliveries_per_s"]) if got["burst_deliveries_per_s"] else None,
         "latency_ms": latency,
