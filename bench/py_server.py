@@ -85,6 +85,36 @@ def envelope_bytes() -> int:
     return len(json.dumps(event.wire(), separators=(",", ":")).encode())
 
 
+#: ``--emit-path``: ``broadcaster`` (the service's typed call) or ``transport`` (:func:`transport_send`).
+EMIT_PATH = "broadcaster"
+_MARK = "#" * len(marker(0, 0))  # where the marker goes in the envelope built once
+
+
+def transport_send(agents: list[UUID], emit_json: Any = None) -> Any:
+    """A stand-in for ``broadcast_agent_status_changed`` that sends the same envelope (the same
+    bytes but for its id and timestamp, built once per room) straight to the transport's
+    ``emit_json``: no validation, envelope, serialisation, routing or metrics per event. The
+    difference between the two paths is what the broadcaster costs in the server."""
+    if emit_json is None:
+        # SocketIOEmitter's: the server's manager.emit_json (None under WEBSOCKET_TRANSPORT=stock)
+        emit_json = getattr(get_broadcaster()._transport(), "_emit_json", None)
+    if emit_json is None:
+        raise ValueError("--emit-path transport needs the service's transport (not WEBSOCKET_TRANSPORT=stock)")
+    templates = {}
+    for agent in agents:
+        data = AgentStatusChangedData(
+            agent_id=agent, agent_name="bench", status="busy", availability=5, current_task=_MARK
+        )
+        head, tail = Event.of(EventType.AGENT_STATUS_CHANGED, "agent_service", data).wire_json().split(_MARK)
+        templates[agent] = (head, tail, [f"agent:{agent}"])
+
+    async def send(*, agent_id: UUID, current_task: str, **_: Any) -> None:
+        head, tail, rooms = templates[agent_id]
+        await emit_json("agent.status_changed", f"{head}{current_task}{tail}", "/ws", rooms)
+
+    return send
+
+
 def _percentile(values: list[float], p: float) -> float | None:
     if not values:
         return None
@@ -102,6 +132,8 @@ async def run_schedule(spec: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("count must be 1..99999")
     rooms = [agent_id(base + k) for k in range(room_count)]
     send = get_broadcaster().broadcast_agent_status_changed
+    if EMIT_PATH == "transport":
+        send = transport_send(rooms)
     clock = time.monotonic  # CLOCK_MONOTONIC: the load generator's clock too (bench/common.mjs)
     start = clock() + (0.02 if rate > 0 else 0)
     hard_stop = start + max_seconds
@@ -235,7 +267,10 @@ def main() -> None:
     parser.add_argument("--loop", help="uvicorn's loop (auto, asyncio, uvloop)")
     parser.add_argument("--ws-per-message-deflate", choices=["true", "false"], help="uvicorn's ws_per_message_deflate")
     parser.add_argument("--recovery", choices=["on", "off"], help="Settings.recovery_enabled")
+    parser.add_argument("--emit-path", choices=["broadcaster", "transport"], default="broadcaster")
     args = parser.parse_args()
+    global EMIT_PATH
+    EMIT_PATH = args.emit_path
     overrides: dict[str, Any] = {}
     if args.ws_per_message_deflate is not None:
         overrides["websocket_compression"] = args.ws_per_message_deflate == "true"
@@ -280,6 +315,7 @@ def main() -> None:
         "serving_options": "apps.api.serving.uvicorn_options" if serving_options(settings) else "uvicorn defaults",
         "redis": bool(args.redis_url),
         "recovery": getattr(settings, "recovery_enabled", None),
+        "emit_path": args.emit_path,
     }
     app = BenchFront(create_app(settings), bench_app(info))
     uvicorn.run(app, **options)

@@ -137,7 +137,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"python-engineio {versions.get('python-engineio')}, uvicorn {versions.get('uvicorn')} with "
         f"{pys.get('serving_options')} (ws={pys.get('ws')}, loop={pys.get('loop')}, "
         f"per-message-deflate={pys.get('per_message_deflate')}, ws_ping_interval={pys.get('ws_ping_interval')}, "
-        f"recovery={pys.get('recovery')}); "
+        f"recovery={pys.get('recovery')}"
+        + (f", emit path {path}" if (path := pys.get("emit_path")) not in (None, "broadcaster") else "")
+        + "); "
         f"Node {versions.get('node')}, socket.io {versions.get('socket.io')} (its defaults: no per-message-deflate), "
         + (
             f"in the Redis scenario {nrs['redis_adapter']}, recovery {nrs['recovery']}; "
@@ -146,8 +148,12 @@ def markdown(results: dict[str, Any]) -> str:
         )
         + "load generator: socket.io-client "
         f"{versions.get('socket.io-client')} in {prof['loadgen_workers']} Node processes, WebSocket transport. "
-        f"Every event is the service's envelope, {meta.get('envelope_bytes')} bytes of JSON. "
-        f"Figures are medians of {prof['repeat']} runs (the rate sweep: one run per rate). "
+        + (
+            f"Every event is the service's envelope, {size} bytes of JSON. "
+            if (size := meta.get("envelope_bytes")) not in (None, [])
+            else ""
+        )
+        + f"Figures are medians of {prof['repeat']} runs (the rate sweep: one run per rate). "
         "**x = python / node** (above 1: python uses more, or takes longer, or delivers more per second).",
         "",
     ]
@@ -638,7 +644,15 @@ def results_document(
             },
             "python_server": {
                 k: info_py.get(k)
-                for k in ("ws", "loop", "per_message_deflate", "ws_ping_interval", "serving_options", "recovery")
+                for k in (
+                    "ws",
+                    "loop",
+                    "per_message_deflate",
+                    "ws_ping_interval",
+                    "serving_options",
+                    "recovery",
+                    "emit_path",
+                )
             },
             "node_redis_server": {k: info_node_redis.get(k) for k in ("redis_adapter", "recovery")},
             "envelope_bytes": sorted(envelope)[0] if len(envelope) == 1 else sorted(envelope),

@@ -74,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         "--py-recovery", choices=["on", "off"], help="connection state recovery of the Python server (default: on)"
     )
     parser.add_argument(
+        "--py-emit-path",
+        choices=["broadcaster", "transport"],
+        help="how the Python server's schedule sends (default broadcaster: the typed broadcast_* call); "
+        "transport: the same envelope, serialised once per room, through the transport's emit_json "
+        "(what the broadcaster costs, by difference)",
+    )
+    parser.add_argument(
         "--node-redis-adapter",
         choices=["pubsub", "streams"],
         default="pubsub",
@@ -102,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             *(["--loop", args.py_loop] if args.py_loop else []),
             *(["--ws-per-message-deflate", args.py_ws_per_message_deflate] if args.py_ws_per_message_deflate else []),
             *(["--recovery", args.py_recovery] if args.py_recovery else []),
+            *(["--emit-path", args.py_emit_path] if args.py_emit_path else []),
         ],
         redis_url=args.redis_url,
         node_redis_adapter=args.node_redis_adapter,
