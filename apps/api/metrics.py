@@ -214,7 +214,8 @@ class _PublishTally:
     to the bucket its duration falls in, under one lock (where the counter and the histogram take
     three and the histogram walks its buckets: a sixth of the Python of an emit to one connection).
     :func:`sample` adds what they gained to the metrics, as it does the transport's counters; a
-    scrape samples first, so it shows every publish before it."""
+    scrape samples first, so it shows every publish before it, and an app's :meth:`Running.stop`
+    adds the last ones."""
 
     __slots__ = ("buckets", "counts", "lock", "seconds")
 
@@ -255,18 +256,23 @@ _tally_seen: tuple[dict[object, int], list[int], float] = ({}, [0] * (len(BROADC
 
 
 def published(event_type: object, seconds: float) -> None:
-    """The broadcaster sent an event (``seconds``: how long the send took)."""
-    if not _tally.add(event_type, seconds):
+    """The broadcaster sent an event (``seconds``: how long the send took). In a process that
+    serves an app (:func:`start`), into the tally; in any other (a worker publishing through
+    Redis, which no sampler flushes), into the metrics at once."""
+    if not (_watched and _tally.add(event_type, seconds)):
         metrics = _metrics()
         metrics.child(metrics.published, event_type).inc()
         metrics.broadcast_seconds.observe(seconds)
 
 
 def _add_published(metrics: _Metrics) -> None:
-    """Add to the metrics what :data:`_tally` gained since the last time (under ``_lock``)."""
+    """Add to the metrics what :data:`_tally` gained since the last time (under ``_lock``). What
+    is taken is marked as added first: a failure loses that batch rather than adding it again
+    at every later sample."""
     global _tally_seen
     counts, buckets, seconds = _tally.snapshot()
     seen_counts, seen_buckets, seen_seconds = _tally_seen
+    _tally_seen = (counts, buckets, seconds)
     for event_type, count in counts.items():
         if count != seen_counts.get(event_type, 0):
             metrics.child(metrics.published, event_type).inc(count - seen_counts.get(event_type, 0))
@@ -278,7 +284,15 @@ def _add_published(metrics: _Metrics) -> None:
             histogram._buckets[i].inc(count - seen_buckets[i])
     if seconds != seen_seconds:
         histogram._sum.inc(seconds - seen_seconds)
-    _tally_seen = (counts, buckets, seconds)
+
+
+def _flush_published() -> None:
+    """:func:`_add_published`, logged rather than raised: what else is sampled still is."""
+    try:
+        with _lock:
+            _add_published(_metrics())
+    except Exception:
+        logger.exception("metrics: adding the publishes failed")
 
 
 def publish_failed(event_type: object) -> None:
@@ -307,9 +321,9 @@ _seen = {"deliveries": 0, "slow_clients_dropped": 0, "recovered": 0, "not_recove
 def sample() -> None:
     """Refresh what is sampled rather than counted as it happens: the transport's counters (what
     they gained since the last sample), connections open, the Redis subscription."""
+    _flush_published()
     with _lock:
         metrics = _metrics()
-        _add_published(metrics)
         for name, counter in (
             ("deliveries", metrics.deliveries),
             ("slow_clients_dropped", metrics.slow_clients_dropped),
@@ -447,6 +461,7 @@ class Running:
     async def stop(self) -> None:
         with contextlib.suppress(ValueError):
             _watched.remove(self.watched)
+        _flush_published()  # the last publishes, before a worker's files are marked dead
         if self.sampler is not None:
             self.sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -161,10 +161,9 @@ class Broadcaster:
             return publisher
         return self._emitter
 
-    def publish(self, event: Event, rooms: list[str]) -> Coroutine[Any, Any, Event]:
-        """Send an already-built event to ``rooms`` (a coroutine: ``await broadcaster.publish(...)``).
-        The typed methods below call this."""
-        return self._emit(self._transport(), event, rooms)
+    async def publish(self, event: Event, rooms: list[str]) -> Event:
+        """Send an already-built event to ``rooms``."""
+        return await self._emit(self._transport(), event, rooms)
 
     async def _emit(self, transport: Emitter, event: Event, rooms: list[str]) -> Event:
         started = time.perf_counter()
@@ -202,6 +201,7 @@ class Broadcaster:
         rooms = rooms_for(data)
         if isinstance(data, WorkflowData):
             rooms = await self._workflow_rooms(data, rooms)
+            transport = self._transport()  # the one in use now (an app may have stopped meanwhile)
         return await self._emit(transport, event, rooms or list(FALLBACK_ROOMS))
 
     async def _workflow_rooms(self, data: WorkflowData, rooms: list[str]) -> list[str]:

@@ -141,38 +141,34 @@ async def test_quick_benchmark_delivers_every_event_on_both_servers(tmp_path: Pa
 
 async def test_the_transport_emit_path_sends_the_broadcasters_envelope():
     """``--py-emit-path transport`` measures the broadcaster by difference: what it sends must be
-    the envelope the broadcaster sends for the same call (but its id and timestamp), to the same
-    room, as one ``emit_json``."""
+    what the broadcaster sends through the service's emitter for the same call (but the id and
+    the timestamp), to the same room, as one ``emit_json``."""
+    from types import SimpleNamespace
     from uuid import uuid4
 
     from apps.api.events.broadcaster import Broadcaster
-    from apps.api.websocket.protocol import NAMESPACE
+    from apps.api.websocket.server import SocketIOEmitter
     from bench.py_server import marker, transport_send
 
-    sent: list[tuple[str, str, str, list[str]]] = []
+    sent: list[tuple[str, str, str, list[str], str]] = []
 
-    class Recorder:
+    class Manager:  # the transport's manager, recording
         async def emit_json(self, event: str, text: str, namespace: str, rooms: list[str], key: str = "") -> None:
-            sent.append((event, text, namespace, rooms))
+            sent.append((event, text, namespace, rooms, key))
 
-    class Emitter:  # the broadcaster's emitter over the same recorder, as SocketIOEmitter sends
-        async def emit(self, event: Any, *, rooms: list[str]) -> None:
-            await Recorder().emit_json(event.type.value, event.wire_json(), NAMESPACE, rooms)
-
+    emitter = SocketIOEmitter(SimpleNamespace(manager=Manager()))  # type: ignore[arg-type]
     agents = [uuid4(), uuid4()]
-    send = transport_send(agents, emit_json=Recorder().emit_json)
+    send = transport_send(agents, emit_json=Manager().emit_json)
     task = marker(7, 1234.5)
     await send(agent_id=agents[1], agent_name="bench", status="busy", availability=5, current_task=task)
-    await Broadcaster(Emitter()).broadcast_agent_status_changed(
+    event = await Broadcaster(emitter).broadcast_agent_status_changed(
         agent_id=agents[1], agent_name="bench", status="busy", availability=5, current_task=task
     )
-    (event, text, namespace, rooms), (b_event, b_text, b_namespace, b_rooms) = sent
-    assert (
-        (event, namespace, rooms)
-        == (b_event, b_namespace, b_rooms)
-        == ("agent.status_changed", "/ws", [f"agent:{agents[1]}"])
-    )
+    (name, text, namespace, rooms, key), (b_name, b_text, b_namespace, b_rooms, b_key) = sent
+    assert (name, namespace, rooms) == (b_name, b_namespace, b_rooms)
+    assert (name, namespace, rooms) == ("agent.status_changed", "/ws", [f"agent:{agents[1]}"])
     ours, theirs = json.loads(text), json.loads(b_text)
     assert {**ours, "id": None, "timestamp": None} == {**theirs, "id": None, "timestamp": None}
     assert len(text) == len(b_text)
     assert ours["data"]["current_task"] == task
+    assert b_key == event.id and key and key != b_key  # a key per event, as the broadcaster's

@@ -415,7 +415,21 @@ def _histogram_samples(histogram: Any) -> dict[str, float]:
     }
 
 
-def test_publishes_are_counted_as_the_counter_and_the_histogram_would_count_them():
+def _published(event_type: str) -> float:
+    return REGISTRY.get_sample_value("events_published_total", {"type": event_type}) or 0.0
+
+
+def _count() -> float:
+    return _histogram_samples(metrics._metrics().broadcast_seconds)["events_broadcast_duration_seconds_count"]
+
+
+@pytest.fixture
+def serving(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process serves an app (as :func:`metrics.start` records it): publishes go to the tally."""
+    monkeypatch.setattr(metrics, "_watched", [metrics._Watched(connections=[], redis_live=None)])
+
+
+def test_publishes_are_counted_as_the_counter_and_the_histogram_would_count_them(serving: None):
     """The broadcaster's publishes go into a plain tally that :func:`metrics.sample` adds to the
     metrics (prometheus-client has no call that adds many observations to a histogram: it writes
     into the histogram's buckets and sum, as ``observe`` does). What a scrape shows must be what
@@ -431,11 +445,7 @@ def test_publishes_are_counted_as_the_counter_and_the_histogram_would_count_them
     ours = metrics._metrics().broadcast_seconds
     metrics.sample()
     before = _histogram_samples(ours)
-
-    def published_count() -> float:
-        return REGISTRY.get_sample_value("events_published_total", {"type": "pr.closed"}) or 0.0
-
-    published_before = published_count()
+    published_before = _published("pr.closed")
     for seconds in durations:
         metrics.published(EventType.PR_CLOSED, seconds)
         reference.observe(seconds)
@@ -449,15 +459,71 @@ def test_publishes_are_counted_as_the_counter_and_the_histogram_would_count_them
         assert gained[name] == pytest.approx(value, rel=1e-9, abs=1e-9), name
     assert expected["_count"] == len(durations)
     assert unchanged == before  # nothing shows before a sample (a scrape samples first)
-    assert published_count() - published_before == len(durations)
+    assert _published("pr.closed") - published_before == len(durations)
     metrics.sample()
     assert _histogram_samples(ours) == after  # a second sample adds nothing
 
 
-def test_a_publish_of_a_type_the_tally_cannot_keep_is_counted_at_once():
-    ours = metrics._metrics().broadcast_seconds
+def test_a_publish_of_a_type_the_tally_cannot_keep_is_counted_at_once(serving: None, monkeypatch: pytest.MonkeyPatch):
     metrics.sample()
-    before = _histogram_samples(ours)["events_broadcast_duration_seconds_count"]
+    count, other = _count(), _published("other")
     metrics.published(["not", "hashable"], 0.001)  # never what the broadcaster passes
-    assert _histogram_samples(ours)["events_broadcast_duration_seconds_count"] == before + 1
-    assert (REGISTRY.get_sample_value("events_published_total", {"type": "other"}) or 0) >= 1
+    assert (_count(), _published("other")) == (count + 1, other + 1)
+    monkeypatch.setattr(metrics, "MAX_CHILDREN", len(metrics._tally.counts))  # the tally is full
+    metrics.published("type.new_to_the_tally", 0.001)
+    assert _count() == count + 2
+    assert _published("type.new_to_the_tally") == 1
+    metrics.sample()
+    assert _count() == count + 2  # counted once
+
+
+def test_a_process_that_serves_no_app_counts_each_publish_at_once(monkeypatch: pytest.MonkeyPatch):
+    """A worker publishing through Redis runs no sampler: its publishes go to the metrics as they
+    happen (in multiprocess mode, to the shared files the service's scrape adds up)."""
+    monkeypatch.setattr(metrics, "_watched", [])
+    count, before = _count(), _published("agent.connected")
+    metrics.published("agent.connected", 0.002)
+    assert (_count(), _published("agent.connected")) == (count + 1, before + 1)
+
+
+async def test_an_app_that_stops_adds_its_last_publishes():
+    running = await metrics.start(settings_for(), connections=[])  # metrics off: no sampler runs
+    try:
+        assert running.sampler is None
+        metrics.sample()
+        count = _count()
+        metrics.published("agent.disconnected", 0.003)
+        assert _count() == count  # in the tally
+    finally:
+        await running.stop()
+    assert _count() == count + 1
+
+
+def test_a_failure_adding_the_publishes_loses_that_batch_and_nothing_else(
+    serving: None, monkeypatch: pytest.MonkeyPatch
+):
+    def deliveries() -> float:  # not through REGISTRY, which would collect the broken histogram too
+        return next(
+            s.value for f in metrics._metrics().deliveries.collect() for s in f.samples if s.name.endswith("_total")
+        )
+
+    metrics.sample()
+    count, delivered = _count(), deliveries()
+    metrics.published("agent.connected", 0.001)
+    histogram = metrics._metrics().broadcast_seconds
+
+    class Broken:
+        def inc(self, amount: float) -> None:
+            raise OSError("the multiprocess file cannot grow")
+
+    sum_value = histogram._sum
+    monkeypatch.setattr(histogram, "_sum", Broken())
+    from apps.transport.engine_socket import stats
+
+    monkeypatch.setattr(stats, "deliveries", stats.deliveries + 5)
+    metrics.sample()  # logged, not raised; the rest is still sampled
+    assert deliveries() == delivered + 5
+    monkeypatch.setattr(histogram, "_sum", sum_value)
+    metrics.sample()
+    metrics.sample()
+    assert _count() == count + 1  # the batch's counts went in once, and are never added again
