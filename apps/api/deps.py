@@ -97,22 +97,24 @@ async def current_principal(request: Request) -> Principal:
     return await authenticate(request)
 
 
-def admin_principal(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+async def admin_principal(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
     if not principal.is_admin:
         raise ApiError(403, "This endpoint is for administrators")
     return principal
 
 
-def project_store(request: Request) -> ProjectStore:
+async def project_store(request: Request) -> ProjectStore:
     store: ProjectStore = request.app.state.projects
     return store
 
 
-def handled_requests(request: Request) -> HandledRequests:
+async def handled_requests(request: Request) -> HandledRequests:
     handled: HandledRequests = request.app.state.handled
     return handled
 
 
+# Every dependency is a coroutine function: FastAPI runs a plain function in its thread pool, a
+# thread hand-off per request for what is an attribute read (test_app checks that none is plain).
 CurrentUser = Annotated[Principal, Depends(current_principal)]
 AdminUser = Annotated[Principal, Depends(admin_principal)]
 ProjectStoreDep = Annotated[ProjectStore, Depends(project_store)]

@@ -89,3 +89,36 @@ async def test_closing_a_broadcaster_lets_the_next_call_open_a_new_connection(re
         await broadcaster.close()
     finally:
         get_settings.cache_clear()
+
+
+def test_no_route_runs_in_the_thread_pool():
+    """FastAPI runs a plain-function endpoint or dependency in its thread pool: a thread hand-off
+    per request (and a GIL round trip) for code that does no blocking I/O. Every endpoint and
+    dependency of the app's routes is a coroutine function."""
+    import inspect
+
+    from fastapi.dependencies.models import Dependant
+    from fastapi.routing import APIRoute
+
+    from apps.api.routes import admin, events, github, health, projects, rooms, websocket_info
+    from apps.api.routes import metrics as metrics_route
+
+    plain: list[str] = []
+
+    def walk(dependant: Dependant, where: str) -> None:
+        for sub in dependant.dependencies:
+            if sub.call is not None and not inspect.iscoroutinefunction(sub.call):
+                plain.append(f"{where}: dependency {getattr(sub.call, '__qualname__', sub.call)}")
+            walk(sub, where)
+
+    paths = set()
+    for module in (health, projects, events, github, websocket_info, rooms, admin, metrics_route):
+        for route in module.router.routes:
+            assert isinstance(route, APIRoute)
+            paths.add(route.path_format)
+            where = f"{sorted(route.methods)} {route.path}"
+            if not inspect.iscoroutinefunction(route.endpoint):
+                plain.append(f"{where}: endpoint {route.endpoint.__qualname__}")
+            walk(route.dependant, where)
+    assert set(create_app().openapi()["paths"]) <= paths  # every router of the app was walked
+    assert not plain, plain
