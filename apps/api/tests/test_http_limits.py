@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from collections import Counter
 from uuid import uuid4
 
@@ -197,3 +198,59 @@ async def test_a_redis_outage_fails_no_request(caplog):
             assert statuses == [200] * 5 + [429]
             assert len([r for r in caplog.records if "Redis unreachable" in r.getMessage()]) == 1
             assert len([r for r in caplog.records if "Redis reachable again" in r.getMessage()]) == 1
+
+
+async def test_the_in_memory_windows_expire_at_most_once_a_second_in_the_loop(monkeypatch: pytest.MonkeyPatch):
+    """limits' own in-memory storage runs an expiry pass after every hit, with a thread hand-off
+    per key (a core busy with a thousand callers in their windows); QuietMemoryStorage runs it at
+    most once every EXPIRY_INTERVAL, without a thread. This fails if limits stops calling the
+    pass it replaces (its private ``__schedule_expiry``)."""
+    from limits import parse
+    from limits.aio.strategies import MovingWindowRateLimiter
+
+    from apps.api.http_limits import EXPIRY_INTERVAL, QuietMemoryStorage
+
+    async def no_thread(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the in-memory limiter handed work to a thread")
+
+    monkeypatch.setattr(asyncio, "to_thread", no_thread)
+    clock = [1000.0]
+    storage = QuietMemoryStorage(clock=lambda: clock[0])
+    limiter = MovingWindowRateLimiter(storage)
+    per_second, per_minute = parse("1/second"), parse("2/minute")
+    assert await limiter.hit(per_second, "a")
+    assert storage.passes == 1
+    assert await limiter.hit(per_minute, "b")
+    assert await limiter.hit(per_minute, "b")
+    assert not await limiter.hit(per_minute, "b")  # a moving window, as limits' own
+    assert storage.passes == 1  # no second pass within the interval
+    clock[0] += EXPIRY_INTERVAL
+    assert not await limiter.hit(per_minute, "b")
+    assert storage.passes == 2
+    await asyncio.sleep(0)  # a pass limits would have started (a task) would run now
+    # what has expired goes, what is in its window stays
+    storage.expire(now=time.time() + 5)
+    assert set(storage.events) == {per_minute.key_for("b")}
+    assert not await limiter.hit(per_minute, "b")
+    assert await limiter.hit(per_second, "a")
+
+
+async def test_the_in_memory_windows_decide_as_limits_own_do():
+    """Only the expiry differs: hit for hit, the same decisions as limits' MemoryStorage."""
+    import random
+
+    from limits import parse
+    from limits.aio.storage import MemoryStorage
+    from limits.aio.strategies import MovingWindowRateLimiter
+
+    from apps.api.http_limits import QuietMemoryStorage
+
+    ours, theirs = MovingWindowRateLimiter(QuietMemoryStorage()), MovingWindowRateLimiter(MemoryStorage())
+    items = [parse("3/minute"), parse("5/hour"), parse("1/day")]
+    rng = random.Random(12)  # noqa: S311 (a fixed sequence of callers, not a secret)
+    decisions = []
+    for _ in range(600):
+        item, key = rng.choice(items), f"caller-{rng.randrange(40)}"
+        decisions.append((await ours.hit(item, key), await theirs.hit(item, key)))
+    assert all(a == b for a, b in decisions)
+    assert 0 < sum(a for a, _ in decisions) < len(decisions)  # some allowed, some refused
