@@ -202,37 +202,85 @@ async def test_a_redis_outage_fails_no_request(caplog):
 
 async def test_the_in_memory_windows_expire_at_most_once_a_second_in_the_loop(monkeypatch: pytest.MonkeyPatch):
     """limits' own in-memory storage runs an expiry pass after every hit, with a thread hand-off
-    per key (a core busy with a thousand callers in their windows); QuietMemoryStorage runs it at
-    most once every EXPIRY_INTERVAL, without a thread. This fails if limits stops calling the
-    pass it replaces (its private ``__schedule_expiry``)."""
+    per key (a core busy with a thousand callers in their windows); QuietMemoryStorage starts one
+    at most once every EXPIRY_INTERVAL, and each hit takes a few of its keys, without a thread or
+    a task. This fails if limits stops calling the step it replaces (its private
+    ``__schedule_expiry``)."""
     from limits import parse
     from limits.aio.strategies import MovingWindowRateLimiter
 
+    from apps.api import http_limits
     from apps.api.http_limits import EXPIRY_INTERVAL, QuietMemoryStorage
 
     async def no_thread(*args: object, **kwargs: object) -> None:
         raise AssertionError("the in-memory limiter handed work to a thread")
 
     monkeypatch.setattr(asyncio, "to_thread", no_thread)
+    monkeypatch.setattr(http_limits, "KEYS_PER_HIT", 2)
     clock = [1000.0]
     storage = QuietMemoryStorage(clock=lambda: clock[0])
     limiter = MovingWindowRateLimiter(storage)
     per_second, per_minute = parse("1/second"), parse("2/minute")
-    assert await limiter.hit(per_second, "a")
-    assert storage.passes == 1
+    tasks = len(asyncio.all_tasks())
     assert await limiter.hit(per_minute, "b")
     assert await limiter.hit(per_minute, "b")
     assert not await limiter.hit(per_minute, "b")  # a moving window, as limits' own
-    assert storage.passes == 1  # no second pass within the interval
+    assert storage.passes == 1  # one pass, started by the first hit
+    for caller in range(5):
+        assert await limiter.hit(per_second, f"a{caller}")
+    assert storage.passes == 1  # none within the interval
+    assert storage.timer is None and len(asyncio.all_tasks()) == tasks  # limits' own pass is a task
+    # the next pass: each hit looks at two keys, and drops what has expired
+    monkeypatch.setattr(http_limits.time, "time", lambda real=time.time: real() + 5)
     clock[0] += EXPIRY_INTERVAL
-    assert not await limiter.hit(per_minute, "b")
+    assert not await limiter.hit(per_minute, "b")  # still in its window: the entries stay
     assert storage.passes == 2
-    await asyncio.sleep(0)  # a pass limits would have started (a task) would run now
-    # what has expired goes, what is in its window stays
-    storage.expire(now=time.time() + 5)
-    assert set(storage.events) == {per_minute.key_for("b")}
+    assert len(storage.events) == 4  # two of the six keys looked at: one expired, gone
     assert not await limiter.hit(per_minute, "b")
-    assert await limiter.hit(per_second, "a")
+    assert not await limiter.hit(per_minute, "b")
+    assert set(storage.events) == {per_minute.key_for("b")}
+    assert storage.passes == 2
+
+
+async def test_a_pass_drops_what_limits_own_pass_drops():
+    """Entry for entry and counter for counter, against limits' ``__expire_events`` on the same
+    contents (a window partly expired, wholly expired, not at all, empty; counters either side)."""
+    from limits.aio.storage import MemoryStorage
+    from limits.aio.storage.memory import Entry
+
+    from apps.api.http_limits import QuietMemoryStorage
+
+    now = time.time()
+
+    def entries(*expiries: float) -> list[Entry]:  # newest first, as the storage keeps them
+        made = []
+        for expiry in sorted(expiries, reverse=True):
+            entry = Entry(60)
+            entry.expiry = now + expiry
+            made.append(entry)
+        return made
+
+    def fill(storage: MemoryStorage) -> MemoryStorage:
+        storage.events.update(
+            mixed=entries(100, 50, -5, -50), gone=entries(-5, -10), kept=entries(100), empty=entries()
+        )
+        storage.storage.update(old=3, new=4)
+        storage.expirations.update(old=now - 1, new=now + 100)
+        for key in ("mixed", "gone", "old"):
+            storage.locks[key]  # a defaultdict: this creates the key's lock
+        return storage
+
+    def contents(storage: MemoryStorage) -> tuple[object, ...]:
+        events = {key: [round(entry.expiry - now) for entry in found] for key, found in storage.events.items()}
+        return events, dict(storage.storage), dict(storage.expirations)
+
+    ours, theirs = fill(QuietMemoryStorage()), fill(MemoryStorage())
+    ours.expire(now)
+    await theirs._MemoryStorage__expire_events()  # type: ignore[attr-defined]
+    assert contents(ours) == contents(theirs)
+    assert contents(ours)[0] == {"mixed": [100, 50], "kept": [100]}
+    # no lock is left for a key that went (limits' own also makes one for each key it looked at)
+    assert set(ours.locks) == {"mixed"} and set(ours.locks) <= set(theirs.locks)
 
 
 async def test_the_in_memory_windows_decide_as_limits_own_do():
