@@ -53,6 +53,8 @@ from apps.api.app import create_app  # noqa: E402
 from apps.api.config import Settings  # noqa: E402
 from apps.api.events.broadcaster import get_broadcaster  # noqa: E402
 from apps.api.websocket.models import AgentStatusChangedData, Event, EventType, new_event_id  # noqa: E402
+from apps.api.websocket.protocol import NAMESPACE  # noqa: E402
+from apps.api.websocket.rooms import agent_room  # noqa: E402
 
 ASGIApp = Any
 
@@ -88,6 +90,7 @@ def envelope_bytes() -> int:
 #: ``--emit-path``: ``broadcaster`` (the service's typed call) or ``transport`` (:func:`transport_send`).
 EMIT_PATH = "broadcaster"
 _MARK = "#" * len(marker(0, 0))  # where the marker goes in the envelope built once
+KIND = EventType.AGENT_STATUS_CHANGED.value
 
 
 def transport_send(agents: list[UUID], emit_json: Any = None) -> Any:
@@ -107,12 +110,12 @@ def transport_send(agents: list[UUID], emit_json: Any = None) -> Any:
                 agent_id=agent, agent_name="bench", status="busy", availability=5, current_task=_MARK
             )
             head, tail = Event.of(EventType.AGENT_STATUS_CHANGED, "agent_service", data).wire_json().split(_MARK)
-            _TEMPLATES[agent] = (head, tail, [f"agent:{agent}"])
+            _TEMPLATES[agent] = (head, tail, [agent_room(agent)])
     templates = _TEMPLATES
 
     async def send(*, agent_id: UUID, current_task: str, **_: Any) -> None:
         head, tail, rooms = templates[agent_id]
-        await emit_json("agent.status_changed", f"{head}{current_task}{tail}", "/ws", rooms, key=new_event_id())
+        await emit_json(KIND, f"{head}{current_task}{tail}", NAMESPACE, rooms, key=new_event_id())
 
     return send
 
