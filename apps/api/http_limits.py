@@ -107,7 +107,7 @@ class QuietMemoryStorage(MemoryStorage):
             if now < self._next_pass:
                 return
             self._next_pass = now + EXPIRY_INTERVAL
-            self._due = list(dict.fromkeys([*self.events, *self.expirations]))
+            self._due = self._keys()
             self.passes += 1
         now = time.time()
         due = self._due
@@ -117,8 +117,12 @@ class QuietMemoryStorage(MemoryStorage):
     def expire(self, now: float | None = None) -> None:
         """Drop everything that has expired by ``now`` (default: the time), at once."""
         now = time.time() if now is None else now
-        for key in list(dict.fromkeys([*self.events, *self.expirations])):
+        for key in self._keys():
             self._expire(key, now)
+
+    def _keys(self) -> list[str]:
+        """Every key with a window or a counter, once."""
+        return list(dict.fromkeys([*self.events, *self.expirations]))
 
     def _expire(self, key: str, now: float) -> None:
         """limits' own pass (``__expire_events``) for one key, with no thread and no await (no

@@ -274,8 +274,9 @@ def _add_published(metrics: _Metrics) -> None:
     seen_counts, seen_buckets, seen_seconds = _tally_seen
     _tally_seen = (counts, buckets, seconds)
     for event_type, count in counts.items():
-        if count != seen_counts.get(event_type, 0):
-            metrics.child(metrics.published, event_type).inc(count - seen_counts.get(event_type, 0))
+        gained = count - seen_counts.get(event_type, 0)
+        if gained:
+            metrics.child(metrics.published, event_type).inc(gained)
     histogram = metrics.broadcast_seconds
     for i, count in enumerate(buckets):
         if count != seen_buckets[i]:
