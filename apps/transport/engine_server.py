@@ -29,6 +29,7 @@ import engineio
 from engineio import packet as eio_packet
 from engineio.async_drivers import asgi as eio_asgi
 
+from apps.transport.deadlines import Deadlines
 from apps.transport.engine_socket import EngineSocket, RequestRefused, spawn
 from apps.transport.environ import translate_request
 from apps.transport.ws_protocol import HAND_OFF_KEY
@@ -78,14 +79,21 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
 
     def __init__(self, *args: Any, max_send_buffer_bytes: int = 16 * 1024 * 1024, **kwargs: Any) -> None:
         kwargs.setdefault("async_mode", "asgi")
-        kwargs["monitor_clients"] = False  # each session's heartbeat has its own timers
+        kwargs["monitor_clients"] = False  # each session's heartbeat has its own deadline
         super().__init__(*args, **kwargs)
         self.max_send_buffer_bytes = max_send_buffer_bytes
+        #: every session's next heartbeat step (its PING, or the deadline of the PING sent), by sid
+        self.heartbeats = Deadlines(self._heartbeat)
         self._async: dict[str, Any] = {
             **self._async,
             "translate_request": translate_request,
             "websocket": HandOffWebSocket,
         }
+
+    def _heartbeat(self, sid: str) -> None:
+        socket = self.sockets.get(sid)
+        if socket is not None:
+            socket.heartbeat_due()
 
     # --- messages -------------------------------------------------------------------------
 

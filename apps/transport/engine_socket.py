@@ -12,9 +12,10 @@ What changes from python-engineio 4.15.1 (each listed in the package README):
   over from the ASGI app: the connection calls :meth:`EngineSocket.ws_message` for each message
   and :meth:`EngineSocket.ws_closed` when it ends. No ASGI task, reader Task or queue stays per
   connection. Under any other ASGI server python-engineio's WebSocket transport runs unchanged.
-- **Heartbeat by timers, closed at its deadline.** A PING every ``ping_interval``; a client that
-  has not answered ``ping_timeout`` after the PING was due is closed then, by a timer (and any
-  request it makes after that is refused), not by a periodic sweep.
+- **Heartbeat by deadlines, closed at its deadline.** A PING every ``ping_interval``; a client
+  that has not answered ``ping_timeout`` after the PING was due is closed then (and any request it
+  makes after that is refused), not by a periodic sweep. Every session's next step is a deadline
+  of the server's :class:`~apps.transport.deadlines.Deadlines`, on one event-loop timer.
 - **Messages in order.** Every MESSAGE is handed to the server's message dispatch in the order it
   arrived, over any transport (:meth:`EngineServer.deliver_message`).
 - **Long-polling.** A poll is answered with 16 packets at most (python-engineio's client refuses
@@ -162,9 +163,8 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
     #: A long-polling GET is waiting for packets / a POST body is being read.
     polling = False
     posting = False
-    #: The heartbeat's one timer (the next PING, or the deadline of the PING sent), and that
-    #: deadline (event loop time) while a PING is unanswered.
-    _timer: asyncio.TimerHandle | None = None
+    #: When the next PING is due, and (event loop time) the deadline of the PING sent while it is
+    #: unanswered: the next step is on the server's ``heartbeats``.
     _due: float = 0.0
     _deadline: float | None = None
 
@@ -196,9 +196,15 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
 
     def start_heartbeat(self) -> None:
         """Schedule the next PING, ``ping_interval`` from now (at the handshake, and after each PONG)."""
-        loop = asyncio.get_running_loop()
-        self._due = loop.time() + self.server.ping_interval
-        self._timer = loop.call_at(self._due, self._ping)
+        self._due = asyncio.get_running_loop().time() + self.server.ping_interval
+        self.server.heartbeats.set(self.sid, self._due)
+
+    def heartbeat_due(self) -> None:
+        """The heartbeat's next step has come: the PING, or the deadline of the PING sent."""
+        if self._deadline is None:
+            self._ping()
+        else:
+            self._check_deadline()
 
     def _ping(self) -> None:
         if self.closing or self.closed:
@@ -206,14 +212,15 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
         try:
             # the deadline counts from when the PING was due, so a late timer gives no extra time
             self._deadline = self._due + self.server.ping_timeout
-            self._timer = asyncio.get_running_loop().call_at(self._deadline, self._check_deadline)
+            self.server.heartbeats.set(self.sid, self._deadline)
             self.send_nowait(PING)
         except Exception:
             logger.exception("websocket sid=%s: heartbeat failed; closing the session", self.sid)
             self.abort(self.server.reason.TRANSPORT_ERROR)
 
     def _check_deadline(self) -> None:
-        if self.silent():
+        # due (within the timers' resolution) and no PONG since the PING: _pong clears the deadline
+        if self._deadline is not None and not (self.closing or self.closed):
             logger.debug("websocket sid=%s: no PONG within ping_timeout; closing the session", self.sid)
             self.abort(self.server.reason.PING_TIMEOUT)  # as engine.io: no CLOSE to a silent client
 
@@ -225,9 +232,7 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
         if self._deadline is None:  # a PONG nobody asked for
             return
         self._deadline = None
-        if self._timer is not None:
-            self._timer.cancel()
-        self.start_heartbeat()
+        self.start_heartbeat()  # in place of the deadline
 
     def schedule_ping(self) -> None:
         """python-engineio's hook (called after its handshake): the heartbeat has its own timers."""
@@ -442,9 +447,7 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
         if self.closed or self.closing:
             return
         self.closing = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.server.heartbeats.cancel(self.sid)
         try:
             await self.server._trigger_event(
                 "disconnect", self.sid, reason or self.server.reason.SERVER_DISCONNECT, run_async=False

@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
 from uuid import UUID
 
 from apps.api.websocket.auth import Principal
@@ -48,16 +47,8 @@ class Connection:
     limiter: TokenBucket
     #: Refusals of the limiter a connection may run up (a burst, then a rate) before it is closed.
     overruns: TokenBucket
-    expiry: Any = None  # asyncio.TimerHandle of the token-expiry disconnect, if any
-    warning: Any = None  # asyncio.TimerHandle of the token.expiring notice, if any
     closing: bool = False  # told why and being closed by the server
     connected_at: float = field(default_factory=time.time)
-
-    def cancel_timers(self) -> None:
-        for timer in (self.expiry, self.warning):
-            if timer is not None:
-                timer.cancel()
-        self.expiry = self.warning = None
 
 
 class Connections:
@@ -97,7 +88,6 @@ class Connections:
     def remove(self, sid: str) -> Connection | None:
         conn = self._by_sid.pop(sid, None)
         if conn is not None:
-            conn.cancel_timers()
             user = conn.principal.user_id
             left = self._per_user.get(user, 1) - 1
             if left > 0:

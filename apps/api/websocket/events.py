@@ -38,6 +38,7 @@ from apps.api.websocket.models import (
 from apps.api.websocket.protocol import INSTANCE_ID, NAMESPACE, ClientEvent, ErrorCode, error, success
 from apps.api.websocket.rooms import ADMIN_ROOM, Room, RoomError, RoomKind, auto_rooms, check_access, parse_room
 from apps.transport import RecoveryUnavailable
+from apps.transport.deadlines import Deadlines
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,10 @@ class ClientEvents:
         self.limits = limits or ConnectionLimits()
         self._addresses = AddressRates(self.limits.per_address_rate, self.limits.per_address_burst)
         self._tasks: set[asyncio.Task[None]] = set()
+        # the tokens' timers, by sid: one event-loop timer each for every connection's warning
+        # and for every connection's expiry (apps/transport/deadlines.py says why)
+        self._warnings = Deadlines(self._warn)
+        self._expiries = Deadlines(self._expired)
 
     def register(self) -> None:
         on = functools.partial(self.sio.on, namespace=NAMESPACE)
@@ -229,6 +234,8 @@ class ClientEvents:
 
     async def disconnect(self, sid: str, reason: object = None) -> None:
         conn = self.connections.remove(sid)
+        self._warnings.cancel(sid)
+        self._expiries.cancel(sid)
         if conn is not None:
             logger.info(
                 "websocket disconnected sid=%s user=%s remote=%s reason=%s",
@@ -261,23 +268,24 @@ class ClientEvents:
         await send_json(sid, TYPE_TEXT[event.type], event.wire_json(), NAMESPACE)
 
     def _schedule_expiry(self, conn: Connection) -> None:
-        """(Re)arm the connection's token timers: ``token.expiring`` ``TOKEN_EXPIRY_WARNING_SECONDS``
-        before its ``exp``, and the disconnect at ``exp`` plus the leeway."""
-        conn.cancel_timers()
+        """(Re)arm the connection's token deadlines: ``token.expiring``
+        ``TOKEN_EXPIRY_WARNING_SECONDS`` before its ``exp``, and the disconnect at ``exp`` plus the
+        leeway."""
+        self._warnings.cancel(conn.sid)
+        self._expiries.cancel(conn.sid)
         expires_at = conn.principal.expires_at
         if not self.disconnect_on_expiry or expires_at is None:
             return
-        loop = asyncio.get_running_loop()
         left = (expires_at - datetime.now(UTC)).total_seconds()
-        conn.expiry = loop.call_later(max(left + self.verifier.leeway_seconds, 0), self._expired, conn.sid)
+        self._expiries.set_in(conn.sid, max(left + self.verifier.leeway_seconds, 0))
         if self.limits.expiry_warning_seconds > 0:
-            delay = max(left - self.limits.expiry_warning_seconds, 0)
-            conn.warning = loop.call_later(delay, self._warn, conn.sid, expires_at)
+            self._warnings.set_in(conn.sid, max(left - self.limits.expiry_warning_seconds, 0))
 
-    def _warn(self, sid: str, expires_at: datetime) -> None:
+    def _warn(self, sid: str) -> None:
         conn = self.connections.get(sid)
-        if conn is None or conn.principal.expires_at != expires_at:
-            return  # gone, or its token was refreshed meanwhile
+        expires_at = conn.principal.expires_at if conn is not None else None
+        if conn is None or expires_at is None:
+            return
         left = max((expires_at - datetime.now(UTC)).total_seconds(), 0.0)
         event = Event(
             type=EventType.TOKEN_EXPIRING,
