@@ -34,7 +34,8 @@ COMPACT_SLACK = 1024
 class Deadlines:
     """One deadline per key, in event-loop time (``loop.time()``), on one timer of the running
     loop. ``fire(key)`` is called once a key's deadline has come, unless it was set again or
-    cancelled meanwhile; an exception it raises is logged and does not stop the other keys."""
+    cancelled meanwhile (by another key's callback too); an exception it raises is logged and does
+    not stop the other keys."""
 
     __slots__ = ("_due", "_fire", "_heap", "_loop", "_timer", "_timer_at")
 
@@ -49,8 +50,8 @@ class Deadlines:
     def set(self, key: str, when: float) -> None:
         """``key``'s deadline is ``when`` (loop time), in place of any it had."""
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # first use, or a new loop: a timer of the old one never fires
-            self._loop, self._timer, self._timer_at = loop, None, math.inf
+        if loop is not self._loop:  # first use, or a new loop (an app started again)
+            self._new_loop(loop)
         self._due[key] = when
         heapq.heappush(self._heap, (when, key))
         if len(self._heap) > 2 * len(self._due) + COMPACT_SLACK:
@@ -82,6 +83,13 @@ class Deadlines:
             self._timer.cancel()
         self._timer, self._timer_at = None, math.inf
 
+    def _new_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """What the old loop's deadlines were for (its connections) ended with it, and its timer
+        never fires: start empty in ``loop``."""
+        self._loop, self._timer, self._timer_at = loop, None, math.inf
+        self._due.clear()
+        self._heap.clear()
+
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -93,18 +101,22 @@ class Deadlines:
         loop = asyncio.get_running_loop()
         now = loop.time() + RESOLUTION
         heap, due = self._heap, self._due
-        ready = []
-        while heap and heap[0][0] <= now:
-            when, key = heapq.heappop(heap)
-            if due.get(key) == when:
+        # what was due when the timer fired: a callback that sets its key due again at once runs
+        # again at the next timer, not in a loop that would never end
+        budget = len(heap)
+        try:
+            while budget and heap and heap[0][0] <= now:
+                budget -= 1
+                when, key = heapq.heappop(heap)
+                if due.get(key) != when:  # set again, or cancelled (by an earlier callback too)
+                    continue
                 del due[key]
-                ready.append(key)
-        while heap and due.get(heap[0][1]) != heap[0][0]:  # entries replaced or cancelled
-            heapq.heappop(heap)
-        if heap:
-            self._arm(loop, heap[0][0])
-        for key in ready:
-            try:
-                self._fire(key)
-            except Exception:
-                logger.exception("deadline of %s: its callback failed", key)
+                try:
+                    self._fire(key)
+                except Exception:
+                    logger.exception("deadline of %s: its callback failed", key)
+        finally:  # even when a callback raised past us: the keys not yet run keep their deadlines
+            while heap and due.get(heap[0][1]) != heap[0][0]:
+                heapq.heappop(heap)
+            if heap and heap[0][0] < self._timer_at:
+                self._arm(loop, heap[0][0])

@@ -13,7 +13,8 @@ What changes from python-engineio 4.15.1 (each listed in the package README):
   :mod:`apps.transport.engine_socket`) is answered 400 (413 for a body over the cap) and
   never left hanging: python-engineio could wait forever for a closing session's queue.
 - A request whose client went away before it arrived is dropped without a traceback.
-- There is no periodic sweep: each session's heartbeat has its own timer.
+- There is no periodic sweep: each session's heartbeat is a deadline of the server's ``heartbeats``
+  (:class:`~apps.transport.deadlines.Deadlines`, one event-loop timer for every session).
 - ``deliver_message`` hands each message to the ``message`` handler in order: a plain function
   is called at once, a coroutine function runs in a Task of its own (python-engineio's way).
 """

@@ -235,7 +235,8 @@ class EngineSocket(AsyncSocket):  # type: ignore[misc]
         self.start_heartbeat()  # in place of the deadline
 
     def schedule_ping(self) -> None:
-        """python-engineio's hook (called after its handshake): the heartbeat has its own timers."""
+        """python-engineio's hook (called after its handshake): the heartbeat is a deadline of the
+        server's ``heartbeats``, started by :meth:`start_heartbeat`."""
 
     # --- receiving ------------------------------------------------------------------------
 

@@ -117,7 +117,7 @@ HOOKS = [
         "engineio.async_socket:AsyncSocket.schedule_ping",
         "fe316639159cd70d",
         "engine_socket.EngineSocket.schedule_ping",
-        "replaced (the heartbeat has its own timers)",
+        "replaced (the heartbeat is a deadline of the server's heartbeats)",
     ),
     Hook(
         "engineio.async_socket:AsyncSocket.check_ping_timeout",

@@ -440,11 +440,11 @@ class ClientEvents:
                 "message": "The fresh token is for another user: reconnect to change users",
             }
         conn.principal = principal
+        if not conn.closing:  # before any await: the old token's deadlines must not fire meanwhile
+            self._schedule_expiry(conn)
         left = await self._leave_rooms_no_longer_allowed(conn)
         if principal.is_admin and ADMIN_ROOM not in self._rooms(conn.sid):
             await self.sio.enter_room(conn.sid, ADMIN_ROOM, namespace=NAMESPACE)
-        if not conn.closing:
-            self._schedule_expiry(conn)
         expires_at = principal.expires_at.isoformat().replace("+00:00", "Z") if principal.expires_at else None
         return success(expires_at=expires_at, left_rooms=left)
 

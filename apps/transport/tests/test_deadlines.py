@@ -114,15 +114,61 @@ async def test_a_callback_may_set_its_own_next_deadline():
     assert await fired.wait(5) == ["beat"] * 5
 
 
-async def test_the_heap_is_rebuilt_when_replaced_entries_pile_up():
-    deadlines = Deadlines(lambda key: None)
+async def test_the_heap_is_rebuilt_when_replaced_entries_pile_up_and_every_key_still_fires_once():
+    fired = Recorder()
+    deadlines = Deadlines(fired)
     for round_ in range(20):
         for i in range(200):
             deadlines.set_in(f"k{i}", 100 + round_)  # each set again, the old entry left behind
     assert len(deadlines) == 200
     assert len(deadlines._heap) <= 2 * 200 + COMPACT_SLACK + 1
-    deadlines.close()
-    assert len(deadlines) == 0
+    for i in reversed(range(200)):  # last, each one due soon, k0 first
+        deadlines.set_in(f"k{i}", 0.01 + i * 0.0001)
+    assert await fired.wait(200) == [f"k{i}" for i in range(200)]
+    deadlines.set_in("marker", 0.01)  # none of the 4,000 entries left behind fires
+    assert (await fired.wait(201))[-1] == "marker" and len(fired.calls) == 201
+
+
+async def test_a_key_cancelled_or_set_again_by_an_earlier_callback_of_the_same_firing_does_not_run():
+    fired = Recorder()
+    deadlines: Deadlines
+
+    def fire(key: str) -> None:
+        fired(key)
+        if key == "first":
+            deadlines.cancel("second")
+            deadlines.set_in("third", 0.03)
+
+    deadlines = Deadlines(fire)
+    when = asyncio.get_running_loop().time() + 0.01
+    for key in ("first", "second", "third"):
+        deadlines.set(key, when)  # all three due in one firing, in this order
+    deadlines.set_in("marker", 0.02)
+    assert await fired.wait(3) == ["first", "marker", "third"]
+
+
+async def test_keys_left_when_a_callback_raises_past_the_timer_keep_their_deadlines():
+    """An exception that is not an Exception (a cancellation, an exit) leaves the timer's
+    callback: the keys of that firing not run yet still fire, at the next timer."""
+    fired = Recorder()
+    raised = False
+
+    def fire(key: str) -> None:
+        nonlocal raised
+        if key == "b" and not raised:
+            raised = True
+            raise KeyboardInterrupt
+        fired(key)
+
+    deadlines = Deadlines(fire)
+    past = asyncio.get_running_loop().time() - 1
+    for key in ("a", "b", "c"):
+        deadlines.set(key, past)  # due; the loop has not run the timer yet
+    with pytest.raises(KeyboardInterrupt):
+        deadlines._run()  # the timer's callback, called here so that what it raises reaches the test
+    assert [key for key, _ in fired.calls] == ["a"]
+    assert deadlines.when("c") == past
+    assert await fired.wait(2) == ["a", "c"]
 
 
 async def test_the_entries_are_no_work_for_the_garbage_collector():
@@ -135,20 +181,20 @@ async def test_the_entries_are_no_work_for_the_garbage_collector():
     deadlines.close()
 
 
-def test_a_new_event_loop_gets_its_own_timer():
+def test_a_new_event_loop_starts_afresh_with_a_timer_of_its_own():
     """An app started again in another loop (tests, a reload): the old loop's timer never fires,
-    so the first deadline in the new one arms a timer there."""
+    and what its deadlines were for ended with it."""
     fired = Recorder()
     deadlines = Deadlines(fired)
 
     async def first() -> None:
-        deadlines.set_in("stranded", 60)  # left armed in a loop that ends
+        deadlines.set_in("old", 0.01)  # armed in a loop that ends before its timer fires
 
     async def second() -> list[str]:
-        deadlines.set_in("later", 61)
-        deadlines.set_in("now", 0.01)
-        deadlines.set_in("marker", 0.02)
+        deadlines.set_in("new", 0.03)  # later than "old": the old loop's timer would be waited for
+        deadlines.set_in("marker", 0.05)
         return await fired.wait(2)
 
     asyncio.run(first())
-    assert asyncio.run(second()) == ["now", "marker"]
+    assert asyncio.run(second()) == ["new", "marker"]
+    assert deadlines.when("old") is None
