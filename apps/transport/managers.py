@@ -180,7 +180,9 @@ class RoomIndex:
 
     def __init__(self, *args: Any, recovery: Recovery | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._rooms_of: dict[tuple[str, str], set[Any]] = {}
+        #: (namespace, sid) -> its rooms, in the order joined: a dict of rooms to None, not a set,
+        #: because a dict of strings is no work for the garbage collector and a set always is
+        self._rooms_of: dict[tuple[str, str], dict[Any, None]] = {}
         #: connection state recovery (None: off)
         self.recovery = recovery
         #: the connections that take no offsets after the arguments (see recovery.speaks_recovery)
@@ -225,16 +227,16 @@ class RoomIndex:
 
     def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)  # type: ignore[misc]
-        self._rooms_of.setdefault((namespace, sid), set()).add(room)
+        self._rooms_of.setdefault((namespace, sid), {})[room] = None
 
     def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
         super().basic_leave_room(sid, namespace, room)  # type: ignore[misc]
         joined = self._rooms_of.get((namespace, sid))
         if joined is not None:
-            joined.discard(room)
+            joined.pop(room, None)
 
     def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
-        for room in self._rooms_of.pop((namespace, sid), set()):
+        for room in self._rooms_of.pop((namespace, sid), {}):
             super().basic_leave_room(sid, namespace, room)  # type: ignore[misc]
         # the rest is python-socketio's BaseManager.basic_disconnect
         self.callbacks.pop(sid, None)

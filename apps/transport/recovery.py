@@ -24,7 +24,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -192,7 +192,9 @@ class Session:
     sid: str
     namespace: str
     offset: str
-    rooms: list[str] = field(default_factory=list)
+    #: empty while the connection is open (a tuple: an empty list would be one more object per
+    #: connection for the garbage collector), the rooms it was in once it went
+    rooms: Sequence[str] = ()
     data: dict[str, Any] = field(default_factory=dict)
     #: when the connection went (None while it is open)
     gone_at: float | None = None

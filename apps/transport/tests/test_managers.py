@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from typing import Any
 
 import socketio
@@ -45,3 +46,17 @@ async def test_an_emit_to_several_rooms_reaches_each_member_once_in_order_and_sk
         await sio.emit("news", "end", to=["a", "b", "c"])
         for inbox in inboxes:
             assert await asyncio.wait_for(inbox.get(), TIMEOUT) == "end"  # nothing else came first
+
+
+async def test_a_connections_rooms_are_listed_in_the_order_joined_and_are_no_work_for_the_collector():
+    """Each connection's rooms are kept for listing and leaving; kept as a set, they were one more
+    object per connection for every full collection to walk."""
+    manager = SocketServer(client_manager=LocalManager(), async_mode="asgi").manager
+    manager.initialize()
+    sid = await manager.connect("e1", "/ws")
+    for room in ("user:1", "global", "agent:2"):
+        manager.basic_enter_room(sid, "/ws", room)
+    manager.basic_leave_room(sid, "/ws", "global")
+    assert manager.get_rooms(sid, "/ws") == [sid, "user:1", "agent:2"]
+    gc.collect()
+    assert not gc.is_tracked(manager._rooms_of[("/ws", sid)])
