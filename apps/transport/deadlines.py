@@ -75,14 +75,6 @@ class Deadlines:
     def __len__(self) -> int:
         return len(self._due)
 
-    def close(self) -> None:
-        """Forget every deadline and stop the timer."""
-        self._due.clear()
-        self._heap.clear()
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer, self._timer_at = None, math.inf
-
     def _new_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """What the old loop's deadlines were for (its connections) ended with it, and its timer
         never fires: start empty in ``loop``."""

@@ -109,8 +109,8 @@ class ClientEvents:
         self.limits = limits or ConnectionLimits()
         self._addresses = AddressRates(self.limits.per_address_rate, self.limits.per_address_burst)
         self._tasks: set[asyncio.Task[None]] = set()
-        # the tokens' timers, by sid: one event-loop timer each for every connection's warning
-        # and for every connection's expiry (apps/transport/deadlines.py says why)
+        # every connection's token warning and token expiry, by sid, on one event-loop timer for
+        # all the warnings and one for all the expiries (apps/transport/deadlines.py says why)
         self._warnings = Deadlines(self._warn)
         self._expiries = Deadlines(self._expired)
 
@@ -283,9 +283,9 @@ class ClientEvents:
 
     def _warn(self, sid: str) -> None:
         conn = self.connections.get(sid)
-        expires_at = conn.principal.expires_at if conn is not None else None
-        if conn is None or expires_at is None:
+        if conn is None or conn.principal.expires_at is None:
             return
+        expires_at = conn.principal.expires_at
         left = max((expires_at - datetime.now(UTC)).total_seconds(), 0.0)
         event = Event(
             type=EventType.TOKEN_EXPIRING,

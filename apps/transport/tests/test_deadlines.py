@@ -178,7 +178,6 @@ async def test_the_entries_are_no_work_for_the_garbage_collector():
     gc.collect()
     assert not any(gc.is_tracked(entry) for entry in deadlines._heap)
     assert deadlines._timer is not None and deadlines._timer.when() == pytest.approx(deadlines._heap[0][0])
-    deadlines.close()
 
 
 def test_a_new_event_loop_starts_afresh_with_a_timer_of_its_own():
